@@ -1,0 +1,3 @@
+from metammf_dist.cli import main
+
+raise SystemExit(main())

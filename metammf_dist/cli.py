@@ -1,0 +1,65 @@
+"""Command line: ``metammf-dist <command>`` (also ``python -m metammf_dist``).
+
+Each command lives in its own module; this file only wires argparse to them.  Modules are imported
+lazily so ``metammf-dist info`` does not pay for importing DeepSpeed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# command name -> module with ``add_arguments(parser)`` and ``run(args) -> int``
+COMMANDS = {
+    "prepare": ("metammf_dist.data.cli_prepare", "import a public dataset into the canonical form"),
+    "synth": ("metammf_dist.data.cli_synth", "generate a synthetic catalog with planted structure"),
+    "info": ("metammf_dist.data.cli_info", "summarize a dataset (and --verify its shards) or a model config"),
+    "train": ("metammf_dist.engine.cli_train", "train (and evaluate) a model from a YAML config"),
+    "evaluate": ("metammf_dist.engine.cli_evaluate", "evaluate the best checkpoint of a run folder"),
+    "export": ("metammf_dist.engine.cli_export", "export user/item vectors and top-K lists of a run to Parquet"),
+    "bench": ("metammf_dist.bench.cli", "benchmarks: features | fusion | train"),
+}
+
+
+class UserError(Exception):
+    """An error the user can fix (bad input, bad config); printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metammf-dist", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # bad input of any layer: one clear line, no traceback
+        if _is_user_error(exc):
+            print(f"metammf-dist {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _is_user_error(exc: Exception) -> bool:
+    from metammf_dist.config import ConfigError
+    from metammf_dist.errors import DataError
+
+    try:
+        from sharding import StoreError
+    except ImportError:  # pragma: no cover - sharding always ships with the package
+        StoreError = ()  # type: ignore
+    return isinstance(exc, (UserError, ConfigError, DataError, StoreError, FileNotFoundError))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""Typed experiment configuration: YAML file + ``key=value`` overrides -> one ``Config`` object.
+
+Every section is a dataclass; unknown or mistyped keys are errors that name the key.  The config is
+built once (``load_config``) and passed down; nothing deep in the code reads YAML or globals.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the offending key."""
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # canonical dataset folder or fsspec URL (see metammf_dist.data.dataset)
+    cache_mb: int = 512  # feature-store LRU cache, bytes bound in MiB
+    verify: bool = True  # sha256-check each shard on first open
+    storage_options: dict = field(default_factory=dict)  # passed to fsspec (e.g. s3 endpoint)
+
+
+@dataclass
+class ModelConfig:
+    fusion: str = "meta"  # meta | cp | static
+    fusion_dims: List[int] = field(default_factory=lambda: [1024, 512, 256, 32])  # hidden..., output
+    meta_dim: int = 5  # s, size of the item-specific meta vector
+    meta_hidden: Optional[int] = None  # meta-learner hidden width; None = input feature dim (paper)
+    cp_rank: int = 16
+    item_id_dim: int = 32
+    user_id_dim: int = 64
+    leaky_slope: float = 0.01
+    scorer: str = "gcn"  # mf | gcn
+    gcn_layers: int = 2
+    gcn_dropout: List[float] = field(default_factory=lambda: [0.5, 0.2])
+    gcn_combine: str = "last"  # last | mean  (mean: average of layer-0..L representations)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 3000  # global batch of positive edges (split across ranks)
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    num_negatives: int = 1
+    fanouts: List[int] = field(default_factory=lambda: [10, 10])
+    sampler: str = "neighbor"  # neighbor | full
+    num_workers: int = 0
+    seed: int = 2023
+    ds_config: str = "configs/ds/zero0.json"
+    eval_every: int = 1
+    patience: int = 5
+    checkpoint_every_steps: int = 0  # 0 = only at epoch ends
+    max_steps_per_epoch: int = 0  # 0 = full epoch (benchmarks and smoke tests cap it)
+    log_every: int = 10
+    fusion_cache_refresh: int = 0  # 0 = off; K = refresh non-seed neighbour fusion cache every K steps
+
+
+@dataclass
+class EvalConfig:
+    ks: List[int] = field(default_factory=lambda: [10, 20])
+    item_chunk: int = 8192  # items per chunk when computing item vectors
+    user_chunk: int = 1024  # users per scoring chunk
+    metric: str = "recall@20"  # early-stopping metric on the valid split
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run_dir: str = "runs/default"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key '{key}': unsupported type {tp}")
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"unknown config key '{prefix}{key}' (known in this section: {known})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, raw[f.name] or {}, f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(raw[f.name], tp, prefix + f.name)
+    return cls(**kwargs)
+
+
+_CHOICES = {
+    "model.fusion": ("meta", "cp", "static"),
+    "model.scorer": ("mf", "gcn"),
+    "model.gcn_combine": ("last", "mean"),
+    "train.sampler": ("neighbor", "full"),
+}
+
+
+def validate(cfg: Config) -> Config:
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(choices)}")
+    positive = {
+        "train.batch_size": cfg.train.batch_size,
+        "train.num_negatives": cfg.train.num_negatives,
+        "model.meta_dim": cfg.model.meta_dim,
+        "model.cp_rank": cfg.model.cp_rank,
+        "model.item_id_dim": cfg.model.item_id_dim,
+        "model.user_id_dim": cfg.model.user_id_dim,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key '{key}': must be positive, got {value}")
+    if not cfg.model.fusion_dims:
+        raise ConfigError("config key 'model.fusion_dims': needs at least one output dim")
+    if cfg.model.scorer == "gcn" and len(cfg.train.fanouts) != cfg.model.gcn_layers:
+        raise ConfigError(
+            f"config key 'train.fanouts': {len(cfg.train.fanouts)} fan-outs for model.gcn_layers={cfg.model.gcn_layers}"
+        )
+    if cfg.model.fusion_dims[-1] + cfg.model.item_id_dim != cfg.model.user_id_dim:
+        raise ConfigError(
+            "config key 'model.user_id_dim': must equal model.fusion_dims[-1] + model.item_id_dim "
+            f"({cfg.model.fusion_dims[-1]} + {cfg.model.item_id_dim}) for dot-product scoring, got {cfg.model.user_id_dim}"
+        )
+    return cfg
+
+
+def parse_overrides(overrides: List[str]) -> dict:
+    """``["train.lr=0.01", "model.fusion_dims=[64,32]"]`` -> nested dict (values parsed as YAML)."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        parts = key.strip().split(".")
+        node = nested
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{p}' is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def config_from_dict(raw: dict) -> Config:
+    return validate(_build(Config, raw or {}, ""))
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:
+    raw: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: not valid YAML ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping")
+    raw = _merge(raw, parse_overrides(overrides or []))
+    return config_from_dict(raw)
+
+
+def save_config(cfg: Config, path: str) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
