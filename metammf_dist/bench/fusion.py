@@ -1,0 +1,232 @@
+"""``metammf-dist bench fusion``: memory and time per item of the fusion MLP, naive vs ours.
+
+Three variants, each a forward + backward pass (loss = sum of the outputs) of the full fusion network
+(meta-learner + layers) at the paper's dims (2276 -> 1024 -> 512 -> 256 -> 32, s = 5, R = 16), float32 on
+CPU with ``--threads`` threads:
+
+    naive  per-item materialized weights W_i = M + Σ_k s_ik T_k (``naive_fusion.py``), at the largest
+           batch whose W_i and their gradients fit in ``--naive-mem-gb`` (2 · Σ_l in_l·out_l floats/item)
+    meta   the exact meta layers of ``model/fusion.py`` at ``--batch``
+    cp     the CP-decomposed layers at ``--batch``
+
+Peak memory: every variant runs in a fresh Python subprocess.  After building the network and its input
+it reads its resident set size (baseline), resets the kernel's peak-RSS mark (``echo 5 >
+/proc/self/clear_refs``; where that is not allowed it falls back to ``ru_maxrss``), runs one forward +
+backward, and reports peak RSS (VmHWM) minus baseline.  That figure includes everything the pass
+allocates — activations, W_i, and the parameter gradients — divided by the batch size to give bytes per
+item.  Time: median of ``--repeats`` further passes, divided by the batch size.
+
+Prints a results table and a parameter-count table (meta-learner + fusion layers, meta vs CP vs static),
+and ends with one JSON line: ``meta_mem_ratio``, ``meta_time_ratio``, ``cp_mem_ratio``, ``cp_time_ratio``
+(naive ÷ ours, per item) and the raw per-item figures.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+PAPER_IN_DIM = 2276
+PAPER_DIMS = (1024, 512, 256, 32)
+VARIANTS = ("naive", "meta", "cp")
+FLOAT32_BYTES = 4
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--batch", type=int, default=3000, help="items per pass for meta and cp")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--naive-mem-gb", type=float, default=4.0, help="GiB budget for the naive W_i and grads")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per variant (median is reported)")
+    parser.add_argument("--in-dim", type=int, default=PAPER_IN_DIM, help="concatenated feature dim d")
+    parser.add_argument("--dims", type=str, default=",".join(map(str, PAPER_DIMS)), help="fusion widths")
+    parser.add_argument("--meta-dim", type=int, default=5)
+    parser.add_argument("--rank", type=int, default=16, help="CP rank R")
+
+
+def naive_batch_size(in_dim: int, dims: Sequence[int], mem_gb: float) -> int:
+    """Largest batch whose materialized W_i plus their gradients fit in ``mem_gb`` GiB (float32)."""
+    from metammf_dist.bench.naive_fusion import materialized_floats_per_item
+
+    per_item = 2 * materialized_floats_per_item(in_dim, dims) * FLOAT32_BYTES
+    return max(1, int(mem_gb * 2**30 // per_item))
+
+
+# ---- measurement inside one process --------------------------------------------------------------
+def _status_bytes(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _status_bytes("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def _peak_rss_fallback() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def measure_variant(variant: str, in_dim: int, dims: Sequence[int], meta_dim: int, rank: int,
+                    batch: int, threads: int, repeats: int, seed: int = 0) -> Dict:
+    """Forward + backward of one variant in *this* process; meaningful memory only in a fresh process."""
+    import torch
+
+    from metammf_dist.bench.naive_fusion import naive_fusion_forward
+    from metammf_dist.model.fusion import FusionNet
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    net = FusionNet(in_dim, dims, kind="cp" if variant == "cp" else "meta", meta_dim=meta_dim, cp_rank=rank)
+    x = torch.randn(batch, in_dim)
+    forward = (lambda inp: naive_fusion_forward(net, inp)) if variant == "naive" else net
+
+    def step() -> float:
+        net.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        forward(x).sum().backward()
+        return time.perf_counter() - start
+
+    baseline = _status_bytes("VmRSS") or 0
+    method = "vmhwm_reset" if _reset_peak_rss() else "ru_maxrss"
+    first = step()
+    peak = _status_bytes("VmHWM") if method == "vmhwm_reset" else _peak_rss_fallback()
+    times = [step() for _ in range(max(1, repeats))]
+    seconds = statistics.median(times)
+    peak_bytes = max(0, (peak or 0) - baseline)
+    return {
+        "variant": variant,
+        "batch": batch,
+        "peak_bytes": peak_bytes,
+        "bytes_per_item": peak_bytes / batch,
+        "seconds": seconds,
+        "first_seconds": first,
+        "ms_per_item": 1e3 * seconds / batch,
+        "memory_method": method,
+    }
+
+
+def measure_in_subprocess(variant: str, **kwargs) -> Dict:
+    """``measure_variant`` in a fresh interpreter, so its peak RSS belongs to this variant alone."""
+    spec = json.dumps({"variant": variant, **kwargs})
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "metammf_dist.bench.fusion", spec], capture_output=True, text=True, env=env
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"fusion benchmark worker for {variant!r} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---- the whole benchmark -------------------------------------------------------------------------
+def fusion_parameter_counts(in_dim: int, dims: Sequence[int], meta_dim: int, rank: int) -> Dict[str, Dict[str, int]]:
+    """Meta-learner + fusion-layer parameters for each fusion kind (no allocation)."""
+    from metammf_dist.model.summary import fusion_layer_parameters
+
+    widths = [in_dim] + list(dims)
+    meta_learner = in_dim * in_dim + in_dim + in_dim * meta_dim + meta_dim
+    table = {}
+    for kind in ("meta", "cp", "static"):
+        layers = sum(fusion_layer_parameters(kind, a, b, meta_dim, rank) for a, b in zip(widths[:-1], widths[1:]))
+        learner = 0 if kind == "static" else meta_learner
+        table[kind] = {"meta_learner": learner, "fusion_layers": layers, "total": learner + layers}
+    return table
+
+
+def run_benchmark(in_dim: int = PAPER_IN_DIM, dims: Sequence[int] = PAPER_DIMS, meta_dim: int = 5, rank: int = 16,
+                  batch: int = 3000, threads: int = 2, naive_mem_gb: float = 4.0, repeats: int = 3,
+                  isolate: bool = True) -> Dict:
+    """Measure the three variants and return per-variant results, the ratios and parameter counts.
+
+    ``isolate=True`` (the benchmark) runs each variant in its own subprocess; ``False`` runs them here,
+    which is quicker for smoke tests but makes the memory figures meaningless.
+    """
+    dims = [int(d) for d in dims]
+    common = dict(in_dim=in_dim, dims=dims, meta_dim=meta_dim, rank=rank, threads=threads, repeats=repeats)
+    naive_batch = naive_batch_size(in_dim, dims, naive_mem_gb)
+    measure = measure_in_subprocess if isolate else measure_variant
+    results = {
+        "naive": measure("naive", batch=naive_batch, **common),
+        "meta": measure("meta", batch=batch, **common),
+        "cp": measure("cp", batch=batch, **common),
+    }
+    naive = results["naive"]
+
+    def ratio(num: float, den: float) -> float:
+        return num / den if den > 0 else float("inf")
+
+    summary = {
+        "meta_mem_ratio": ratio(naive["bytes_per_item"], results["meta"]["bytes_per_item"]),
+        "meta_time_ratio": ratio(naive["ms_per_item"], results["meta"]["ms_per_item"]),
+        "cp_mem_ratio": ratio(naive["bytes_per_item"], results["cp"]["bytes_per_item"]),
+        "cp_time_ratio": ratio(naive["ms_per_item"], results["cp"]["ms_per_item"]),
+    }
+    for name, res in results.items():
+        summary[f"{name}_bytes_per_item"] = res["bytes_per_item"]
+        summary[f"{name}_ms_per_item"] = res["ms_per_item"]
+        summary[f"{name}_batch"] = res["batch"]
+    summary.update(threads=threads, memory_method=naive["memory_method"], dims=[in_dim] + dims, meta_dim=meta_dim,
+                   rank=rank)
+    return {"results": results, "summary": summary, "parameters": fusion_parameter_counts(in_dim, dims, meta_dim, rank)}
+
+
+def format_results(results: Dict[str, Dict]) -> str:
+    header = ("variant", "batch", "peak MiB", "KiB/item", "ms/pass", "ms/item")
+    rows = [
+        (r["variant"], str(r["batch"]), f"{r['peak_bytes'] / 2**20:.1f}", f"{r['bytes_per_item'] / 1024:.1f}",
+         f"{1e3 * r['seconds']:.1f}", f"{r['ms_per_item']:.4f}")
+        for r in results.values()
+    ]
+    widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
+    lines = ["  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths)))
+             for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from metammf_dist.model.summary import format_parameter_table
+
+    dims = [int(d) for d in str(args.dims).split(",") if d.strip()]
+    out = run_benchmark(in_dim=args.in_dim, dims=dims, meta_dim=args.meta_dim, rank=args.rank, batch=args.batch,
+                        threads=args.threads, naive_mem_gb=args.naive_mem_gb, repeats=args.repeats)
+    s = out["summary"]
+    print(f"fusion forward+backward, dims {s['dims']}, s={s['meta_dim']}, R={s['rank']}, float32, "
+          f"{s['threads']} CPU threads; memory = peak RSS - baseline ({s['memory_method']}), fresh process per variant")
+    print(format_results(out["results"]))
+    print()
+    print("parameters (meta-learner + fusion layers):")
+    print(format_parameter_table(out["parameters"]))
+    print()
+    print(f"naive / meta: {s['meta_mem_ratio']:.0f}x memory, {s['meta_time_ratio']:.1f}x time per item;  "
+          f"naive / cp: {s['cp_mem_ratio']:.0f}x memory, {s['cp_time_ratio']:.1f}x time per item")
+    print(json.dumps(s))
+    return 0
+
+
+def _worker(argv: List[str]) -> None:
+    spec = json.loads(argv[0])
+    print(json.dumps(measure_variant(**spec)))
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1:])

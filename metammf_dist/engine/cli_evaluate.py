@@ -1,0 +1,28 @@
+"""``metammf-dist evaluate RUN_DIR [--split test] [--checkpoint best|latest]``: rank in full, print metrics JSON."""
+from __future__ import annotations
+
+import json
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("run_dir")
+    parser.add_argument("--split", choices=["valid", "test"], default="test")
+    parser.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    parser.add_argument("--data", default=None, help="dataset path if it moved since training")
+
+
+def run(args) -> int:
+    from metammf_dist.engine.inference import compute_vectors, split_csr
+    from metammf_dist.engine.restore import restore
+    from metammf_dist.evaluation.ranking import evaluate_full_ranking
+
+    cfg, ds, store, graph, model, tag = restore(args.run_dir, args.data, args.checkpoint)
+    user_vecs, item_vecs = compute_vectors(model, store, graph, ds.num_users, ds.num_items, cfg.eval.item_chunk)
+    exclude = ["train"] if args.split == "valid" else ["train", "valid"]
+    truth, excl, users = split_csr(ds, args.split, exclude)
+    metrics = evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=tuple(cfg.eval.ks),
+                                    user_chunk=cfg.eval.user_chunk)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    metrics["checkpoint"] = tag
+    print(json.dumps(metrics, sort_keys=True))
+    return 0

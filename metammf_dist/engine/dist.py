@@ -1,0 +1,99 @@
+"""Process-group setup for every launcher: single process, torchrun, the deepspeed launcher, Slurm.
+
+Rank and world size come from the environment the launcher sets (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*).
+Under a bare ``srun`` only SLURM_* variables exist; they are mapped here, because DeepSpeed's own
+fallback is MPI discovery (needs mpi4py).  Backend: nccl when CUDA is available, gloo otherwise.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str = "gloo"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _map_slurm_env(env=os.environ) -> None:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR from SLURM_* when a launcher did not set them."""
+    if "RANK" in env or "SLURM_PROCID" not in env:
+        return
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = env.get("SLURM_NTASKS", "1")
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in env:
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+        env["MASTER_ADDR"] = _first_host(nodelist)
+    env.setdefault("MASTER_PORT", str(29000 + int(env.get("SLURM_JOB_ID", "0")) % 1000))
+
+
+def _first_host(nodelist: str) -> str:
+    """First host of a Slurm node list such as ``node[01-04,07],gpu2`` (no scontrol needed)."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist.split("]")[0] + "]"
+    if "[" not in head:
+        return head
+    prefix, rng = head.split("[", 1)
+    first = rng.rstrip("]").split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def init_distributed(timeout_s: int = 600) -> DistInfo:
+    """Initialise torch.distributed (via DeepSpeed, so its comm layer knows the group) if launched with >1 rank."""
+    _map_slurm_env()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(
+            dist_backend=backend,
+            auto_mpi_discovery=False,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            rank=rank,
+            world_size=world,
+        )
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's value of ``obj`` on every rank."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def log_main(info: DistInfo, *parts) -> None:
+    """Rank 0 speaks; every rank works.  Goes to stderr so stdout's last line stays the metrics JSON."""
+    if info.is_main:
+        print(*parts, file=sys.stderr, flush=True)

@@ -1,0 +1,49 @@
+"""Full-neighbourhood inference: every user and item vector, computed once per evaluation.
+
+Item features are streamed from the shard store in chunks (never the whole table at once); the fusion
+output (64-d per item by default) is what stays in memory.  For the GCN scorer the two GraphSAGE layers
+then run over the whole train graph.
+"""
+from __future__ import annotations
+
+import torch
+
+from metammf_dist.evaluation.ranking import build_csr
+
+
+@torch.no_grad()
+def compute_vectors(model, store, graph, num_users: int, num_items: int, item_chunk: int = 8192,
+                    device: torch.device = torch.device("cpu")):
+    """-> (user_vecs [num_users, D], item_vecs [num_items, D]) in eval mode (dropout off)."""
+    was_training = model.training
+    model.eval()
+    try:
+        item_in = []
+        for lo, hi, feats in store.iter_range(0, num_items, item_chunk):
+            ids = torch.arange(lo, hi, device=device)
+            item_in.append(model.item_vectors(ids, torch.from_numpy(feats).to(device)))
+        item_in = torch.cat(item_in) if item_in else torch.empty(0, model.user_emb.embedding_dim)
+        user_in = torch.cat([model.user_vectors(torch.arange(lo, min(lo + item_chunk, num_users), device=device))
+                             for lo in range(0, num_users, item_chunk)])
+        if getattr(model, "gcn", None) is None:
+            return user_in, item_in
+        out = model.gcn.forward_graph(graph.to(device), {"user": user_in, "item": item_in})
+        return out["user"], out["item"]
+    finally:
+        model.train(was_training)
+
+
+def split_csr(ds, split: str, exclude_splits):
+    """Ground truth of ``split`` and the items to exclude from ranking (e.g. train (+ valid) items)."""
+    import numpy as np
+
+    u, i = ds.interactions(split)
+    truth = build_csr(torch.from_numpy(u), torch.from_numpy(i), ds.num_users)
+    ex_u, ex_i = [], []
+    for s in exclude_splits:
+        a, b = ds.interactions(s)
+        ex_u.append(a)
+        ex_i.append(b)
+    exclude = build_csr(torch.from_numpy(np.concatenate(ex_u)), torch.from_numpy(np.concatenate(ex_i)), ds.num_users)
+    users = torch.from_numpy(np.unique(u))
+    return truth, exclude, users

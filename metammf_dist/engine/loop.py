@@ -1,0 +1,213 @@
+"""The training loop: dataset -> sampler -> model -> DeepSpeed engine -> evaluation -> checkpoints.
+
+One entry for every launcher (single process, torchrun, deepspeed launcher, Slurm).  Per step:
+sample a mini-batch (rank-disjoint edges, seeded negatives, neighbour blocks) -> fetch the features of the
+batch's input items from the shard store -> BPR loss through the engine -> backward/step.  Every
+``eval_every`` epochs the valid split is ranked in full; early stopping on ``eval.metric`` with
+``patience``; at the end the best checkpoint is loaded and the test split is ranked.
+
+Determinism: samplers are seeded by (seed, epoch, rank) and the torch RNG (dropout) is reseeded per step,
+so a resumed run continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.distributed as tdist
+
+from metammf_dist.config import Config
+from metammf_dist.data.dataset import Dataset
+from metammf_dist.engine.checkpoint import Checkpoints, tag_for
+from metammf_dist.engine.deepspeed_engine import build_engine, gathered_parameters, load_ds_config
+from metammf_dist.engine.dist import DistInfo, init_distributed, log_main
+from metammf_dist.engine.inference import compute_vectors, split_csr
+from metammf_dist.engine.objective import BPRObjective
+from metammf_dist.engine.run_dir import RunDir
+from metammf_dist.errors import TrainingError
+from metammf_dist.evaluation.ranking import evaluate_full_ranking
+from metammf_dist.model.registry import build_model
+from metammf_dist.sampler import make_batches
+from metammf_dist.sampler.features import attach_features
+from metammf_dist.sampler.graph import build_train_graph
+
+
+@dataclass
+class TrainerState:
+    """Everything beyond module/optimizer tensors that a resumed run needs (stored in checkpoints)."""
+
+    epoch: int = 0  # epoch in progress (or next to start)
+    step_in_epoch: int = 0  # steps of `epoch` already done
+    global_step: int = 0
+    best_metric: float = -math.inf
+    best_tag: Optional[str] = None
+    best_epoch: int = -1
+    bad_evals: int = 0
+    history: list = field(default_factory=list)
+
+
+def sampler_kind(cfg: Config) -> str:
+    if cfg.train.sampler == "full":
+        return "full"
+    return "neighbor" if cfg.model.scorer == "gcn" else "edges"
+
+
+class Trainer:
+    def __init__(self, cfg: Config, info: Optional[DistInfo] = None):
+        self.cfg = cfg
+        self.info = info or init_distributed()
+        self.run = RunDir(cfg.run_dir, self.info)
+        self.ds = Dataset.open(cfg.data.path, storage_options=cfg.data.storage_options or None)
+        self.store = self.ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
+        train_u, train_i = self.ds.interactions("train")
+        self.graph = build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.model = build_model(cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim)
+        self.ds_config = load_ds_config(cfg, self.info)
+        self.engine = build_engine(BPRObjective(self.model), cfg, self.ds_config, self.info)
+        self.batches = make_batches(
+            sampler_kind(cfg), self.graph, fanouts=cfg.train.fanouts, batch_size=cfg.train.batch_size,
+            num_negatives=cfg.train.num_negatives, seed=cfg.train.seed, rank=self.info.rank,
+            world_size=self.info.world_size, num_workers=cfg.train.num_workers,
+        )
+        self.ckpt = Checkpoints(cfg.run_dir, self.info)
+        self.state = TrainerState()
+
+    # -- public -----------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        cfg, info = self.cfg, self.info
+        self.run.write_start(cfg, self.ds_config)
+        if resume:
+            tag = self.ckpt.pointer("latest")
+            if tag is None:
+                log_main(info, f"--resume: no complete checkpoint in {self.ckpt.root}; starting fresh")
+            else:
+                self.state = TrainerState(**self.ckpt.load(self.engine, tag))
+                log_main(info, f"resumed from {tag} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
+        while self.state.epoch < cfg.train.epochs and self.state.bad_evals < cfg.train.patience:
+            self._train_epoch(self.state.epoch)
+        test = self.test_best()
+        self.run.write_final(test)
+        self.run.close()
+        return test
+
+    def evaluate(self, split: str) -> dict:
+        exclude = ["train"] if split == "valid" else ["train", "valid"]
+        truth, excl, users = split_csr(self.ds, split, exclude)
+        with gathered_parameters(self.engine):
+            user_vecs, item_vecs = compute_vectors(
+                self.model, self.store, self.graph, self.ds.num_users, self.ds.num_items,
+                item_chunk=self.cfg.eval.item_chunk, device=self.info.device,
+            )
+        return evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=tuple(self.cfg.eval.ks),
+                                     user_chunk=self.cfg.eval.user_chunk)
+
+    def test_best(self) -> dict:
+        tag = self.state.best_tag or self.ckpt.pointer("latest")
+        if tag is not None:
+            self.ckpt.load(self.engine, tag)
+        metrics = self.evaluate("test")
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics["best_epoch"] = self.state.best_epoch
+        self.run.log_metrics(self.state.best_epoch, self.state.global_step, "test", metrics)
+        return metrics
+
+    # -- one epoch --------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> None:
+        cfg, info, st = self.cfg, self.info, self.state
+        self.engine.train()
+        n_steps = self.batches.num_batches(epoch)
+        if cfg.train.max_steps_per_epoch:
+            n_steps = min(n_steps, cfg.train.max_steps_per_epoch)
+        bar = _progress(info, n_steps, f"epoch {epoch}")
+        window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
+        if bar is not None:
+            bar.update(st.step_in_epoch)  # resumed mid-epoch: those steps were done before
+        for batch in self.batches.epoch(epoch, start_step=st.step_in_epoch, store=self.store):
+            step = batch.step
+            if step >= n_steps:
+                break
+            torch.manual_seed(_step_seed(cfg.train.seed, epoch, step, info.rank))
+            attach_features(batch, self.store)  # no-op when the prefetch thread already fetched them
+            batch = _to_device(batch, info.device)
+            loss = self.engine(batch)
+            self._check_finite(loss, epoch, step)
+            self.engine.backward(loss)
+            self.engine.step()
+            st.step_in_epoch, st.global_step = step + 1, st.global_step + 1
+            window_loss += float(loss.detach())
+            window_examples += int(batch.num_pos) * info.world_size
+            _advance(bar)
+            if cfg.train.log_every and st.global_step % cfg.train.log_every == 0:
+                rate = window_examples / max(time.perf_counter() - window_start, 1e-9)
+                self.run.log_metrics(epoch, st.global_step, "train", {}, loss=window_loss / cfg.train.log_every,
+                                     examples_per_s=rate)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{window_loss / cfg.train.log_every:.4f}", ex_s=f"{rate:,.0f}")
+                window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
+            if cfg.train.checkpoint_every_steps and st.global_step % cfg.train.checkpoint_every_steps == 0 \
+                    and st.step_in_epoch < n_steps:
+                self._save(tag_for(epoch, st.step_in_epoch))
+        if bar is not None:
+            bar.close()
+        st.epoch, st.step_in_epoch = epoch + 1, 0
+        tag = tag_for(epoch + 1, 0)
+        if (epoch + 1) % max(cfg.train.eval_every, 1) == 0 or epoch + 1 == cfg.train.epochs:
+            metrics = self.evaluate("valid")
+            value = float(metrics[cfg.eval.metric])
+            st.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in metrics.items()}})
+            self.run.log_metrics(epoch + 1, st.global_step, "valid", metrics)
+            if value > st.best_metric:
+                st.best_metric, st.best_tag, st.best_epoch, st.bad_evals = value, tag, epoch + 1, 0
+            else:
+                st.bad_evals += 1
+            log_main(info, f"epoch {epoch + 1}: valid {cfg.eval.metric}={value:.4f} (best {st.best_metric:.4f} @ {st.best_epoch})")
+        self._save(tag)
+        if st.best_tag == tag:
+            self.ckpt.mark_best(tag, {"epoch": st.best_epoch, cfg.eval.metric: st.best_metric})
+
+    def _save(self, tag: str) -> None:
+        keep = {self.state.best_tag} if self.state.best_tag else set()
+        self.ckpt.save(self.engine, tag, asdict(self.state), keep=keep)
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])
+        if self.info.distributed:
+            tdist.all_reduce(bad)
+        if bad.item() > 0:
+            last = self.ckpt.pointer("latest")
+            raise TrainingError(
+                f"non-finite loss at epoch {epoch} step {step} (global step {self.state.global_step + 1}); "
+                f"stopped without applying it; last good checkpoint: {last or 'none'} in {self.ckpt.root}"
+            )
+
+
+def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**63 - 1)
+
+
+def _to_device(batch, device: torch.device):
+    if device.type == "cpu":
+        return batch
+    for name in ("input_users", "input_items", "pos_u", "pos_i", "neg_u", "neg_i", "item_feats"):
+        value = getattr(batch, name, None)
+        if value is not None:
+            setattr(batch, name, value.to(device, non_blocking=True))
+    batch.blocks = [b.to(device) for b in batch.blocks]
+    return batch
+
+
+def _progress(info: DistInfo, total: int, desc: str):
+    if not info.is_main:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+
+
+def _advance(bar) -> None:
+    if bar is not None:
+        bar.update(1)

@@ -1,0 +1,127 @@
+"""MetaMMF recommender: user and item vectors (ID embeddings + meta-learned fusion) and a scorer.
+
+    item vector  v_i = fusion(x_i) ⊕ e_i      (fusion out dim + item_id_dim = D)
+    user vector  v_u = e_u                    (user_id_dim = D)
+    score(u, i)  = <v_u', v_i'>               (v' = v for MF, the GCN's output for the GCN scorer)
+
+Cold start: an item id ≥ ``num_items`` has no trained ID row; it gets its fusion part plus the mean of
+the item ID table, so new items with features can be scored at once.
+
+One training entry point for both scorers, ``forward_blocks(blocks, input_users, input_items,
+input_item_feats)``: the inputs are the (global) ids of the src nodes of ``blocks[0]`` — per node type —
+and the features of those items; the result covers the dst nodes of ``blocks[-1]``.  The MF scorer does
+no message passing: since DGL dst nodes are a prefix of the src nodes in every block, it simply keeps
+the first ``blocks[-1].num_dst_nodes(ntype)`` inputs (or all inputs when ``blocks`` is empty/None) and
+computes only their vectors.  ``forward_graph`` is the full-graph counterpart for inference.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from metammf_dist.config import ModelConfig
+from metammf_dist.model.registry import build_fusion, build_scorer
+
+ID_INIT_STD = 0.1  # ID embeddings ~ N(0, 0.1²)
+
+
+class MetaMMFRecommender(nn.Module):
+    """Parts, as attributes (grouped by ``summary.parameter_counts``): ``fusion`` (with
+    ``fusion.meta_learner``, also reachable as ``meta_learner``), ``user_emb``, ``item_emb``, and
+    ``gcn`` (``None`` for the MF scorer)."""
+
+    def __init__(self, cfg: ModelConfig, num_users: int, num_items: int, feat_dim: int):
+        super().__init__()
+        if cfg.fusion_dims[-1] + cfg.item_id_dim != cfg.user_id_dim:
+            raise ValueError(
+                f"model.user_id_dim must equal model.fusion_dims[-1] + model.item_id_dim "
+                f"({cfg.fusion_dims[-1]} + {cfg.item_id_dim}), got {cfg.user_id_dim}"
+            )
+        if num_users <= 0 or num_items <= 0 or feat_dim <= 0:
+            raise ValueError(f"need positive sizes, got users={num_users} items={num_items} feat_dim={feat_dim}")
+        self.cfg = cfg
+        self.num_users, self.num_items, self.feat_dim = num_users, num_items, feat_dim
+        self.dim = cfg.user_id_dim
+        self.fusion = build_fusion(cfg, feat_dim)
+        self.item_emb = nn.Embedding(num_items, cfg.item_id_dim)
+        self.user_emb = nn.Embedding(num_users, cfg.user_id_dim)
+        nn.init.normal_(self.item_emb.weight, std=ID_INIT_STD)
+        nn.init.normal_(self.user_emb.weight, std=ID_INIT_STD)
+        self.gcn: Optional[nn.Module] = build_scorer(cfg)
+
+    @property
+    def meta_learner(self) -> Optional[nn.Module]:
+        return self.fusion.meta_learner
+
+    # ---- vectors -------------------------------------------------------------------------------
+    def item_vectors(self, item_ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """``[n, D]`` = fusion(feats) ⊕ ID row; ids ≥ num_items (cold start) get the mean ID row."""
+        if feats.shape[0] != item_ids.shape[0]:
+            raise ValueError(f"item_vectors: {item_ids.shape[0]} ids but {feats.shape[0]} feature rows")
+        weight = self.item_emb.weight
+        fused = self.fusion(feats.to(device=weight.device, dtype=weight.dtype))
+        item_ids = item_ids.to(weight.device)
+        if item_ids.numel() and int(item_ids.max()) >= self.num_items:
+            known = item_ids < self.num_items
+            rows = self.item_emb(torch.where(known, item_ids, torch.zeros_like(item_ids)))
+            id_part = torch.where(known.unsqueeze(1), rows, weight.mean(0).expand_as(rows))
+        else:
+            id_part = self.item_emb(item_ids)
+        return torch.cat([fused, id_part], dim=1)
+
+    def user_vectors(self, user_ids: torch.Tensor) -> torch.Tensor:
+        return self.user_emb(user_ids.to(self.user_emb.weight.device))
+
+    # ---- scorer passes -------------------------------------------------------------------------
+    def forward_blocks(
+        self,
+        blocks: Optional[Sequence],
+        input_users: torch.Tensor,
+        input_items: torch.Tensor,
+        input_item_feats: torch.Tensor,
+    ) -> Dict[str, torch.Tensor]:
+        """Vectors of the dst nodes of ``blocks[-1]``: ``{"user": [n_dst_user, D], "item": [n_dst_item, D]}``.
+
+        ``input_users`` / ``input_items``: global ids of ``blocks[0]``'s src nodes per type (in block
+        order); ``input_item_feats``: their multimodal features.  MF: see the module docstring.
+        """
+        if self.gcn is None:
+            if blocks:
+                n_user = blocks[-1].num_dst_nodes("user")
+                n_item = blocks[-1].num_dst_nodes("item")
+                input_users, input_items = input_users[:n_user], input_items[:n_item]
+                input_item_feats = input_item_feats[:n_item]
+            return {"user": self.user_vectors(input_users), "item": self.item_vectors(input_items, input_item_feats)}
+        feats = {"user": self.user_vectors(input_users), "item": self.item_vectors(input_items, input_item_feats)}
+        return self.gcn(blocks, feats)
+
+    def forward_graph(self, g, item_feats_all: torch.Tensor, chunk_size: int = 8192) -> Dict[str, torch.Tensor]:
+        """Full-graph pass: ``{"user": [num_users, D], "item": [num_items, D]}``.
+
+        The fusion runs over ``chunk_size`` items at a time (features are moved to the model's device
+        chunk by chunk), bounding its activation memory when called under ``torch.no_grad()``.  ``g``
+        (the whole user–item graph) is only read by the GCN scorer.
+        """
+        if item_feats_all.shape[0] != self.num_items:
+            raise ValueError(f"forward_graph: {item_feats_all.shape[0]} feature rows for {self.num_items} items")
+        device = self.item_emb.weight.device
+        parts = []
+        for start in range(0, self.num_items, chunk_size):
+            stop = min(start + chunk_size, self.num_items)
+            ids = torch.arange(start, stop, device=device)
+            parts.append(self.item_vectors(ids, item_feats_all[start:stop]))
+        vectors = {"user": self.user_emb.weight, "item": torch.cat(parts)}
+        if self.gcn is None:
+            return vectors
+        return self.gcn.forward_graph(g, vectors)
+
+    def forward(self, blocks, input_users, input_items, input_item_feats) -> Dict[str, torch.Tensor]:
+        """Same as ``forward_blocks`` (so wrappers that call the module, e.g. DeepSpeed engines, work)."""
+        return self.forward_blocks(blocks, input_users, input_items, input_item_feats)
+
+    @staticmethod
+    def score(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """Dot-product scores of matching rows (broadcasting): ``(u * i).sum(-1)``."""
+        return (u * i).sum(-1)

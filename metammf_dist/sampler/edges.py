@@ -1,0 +1,149 @@
+"""The mini-batch type and plain edge batches (for the MF scorer, and the base of the graph samplers).
+
+Pipeline of one step (each stage takes -> gives):
+
+1. item sampler (``partition``): (seed, epoch, rank, world_size) -> this rank's positive edge ids;
+2. negative sampling (``negatives``): (seed, epoch, rank) -> ``num_negatives`` uniform items per positive;
+3. relabelling (here): global (user, item) pairs -> output node arrays + pair indices into them;
+4. neighbour sampling / full-graph blocks (``neighbor``, ``full``): output nodes -> blocks + input nodes;
+5. feature fetch (``features``): input items -> ``item_feats``.
+
+``EdgeBatches`` runs stages 1–3 and yields ``MiniBatch`` objects with no blocks (input nodes = output
+nodes); ``NeighborBatches`` and ``FullGraphBatches`` subclass it and add stage 4.
+
+Pair layout: positive ``p`` is (``output_users[pos_u[p]]``, ``output_items[pos_i[p]]``); its ``k``-th
+negative is pair ``p * num_negatives + k`` of (``neg_u``, ``neg_i``), i.e. negatives are grouped by
+positive (``pos.repeat_interleave(num_negatives)`` lines the scores up).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional
+
+import dgl
+import torch
+
+from metammf_dist.sampler.features import prefetch
+from metammf_dist.sampler.graph import train_edges
+from metammf_dist.sampler.negatives import draw_epoch_negatives
+from metammf_dist.sampler.partition import EdgePartition
+
+
+@dataclass
+class MiniBatch:
+    step: int  # step within the epoch
+    seed_eids: torch.Tensor  # train edge ids of the positives (ids of both "ui" and "iu")
+    input_users: torch.Tensor  # global ids of the first block's src users (= output_users without blocks)
+    input_items: torch.Tensor  # global ids of the first block's src items; item_feats rows follow this order
+    blocks: List[dgl.DGLHeteroGraph]  # DGL blocks, input -> output; [] for plain edge batches
+    output_users: torch.Tensor  # global ids of the last block's dst users
+    output_items: torch.Tensor  # global ids of the last block's dst items
+    pos_u: torch.Tensor  # [P] indices into output_users
+    pos_i: torch.Tensor  # [P] indices into output_items
+    neg_u: torch.Tensor  # [P * num_negatives] indices into output_users
+    neg_i: torch.Tensor  # [P * num_negatives] indices into output_items
+    num_pos: int
+    item_feats: Optional[torch.Tensor] = field(default=None, repr=False)  # filled by features.attach_features
+
+    @property
+    def num_input_users(self) -> int:
+        return int(self.input_users.numel())
+
+    @property
+    def num_input_items(self) -> int:
+        """Unique items whose features this step needs (the trainer logs it)."""
+        return int(self.input_items.numel())
+
+    def stats(self) -> dict:
+        return {
+            "num_pos": self.num_pos,
+            "input_users": self.num_input_users,
+            "input_items": self.num_input_items,
+            "output_users": int(self.output_users.numel()),
+            "output_items": int(self.output_items.numel()),
+            "block_edges": [int(b.num_edges()) for b in self.blocks],
+        }
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "MiniBatch":
+        """Moves tensors and blocks to ``device`` in place; returns self."""
+        for name in ("seed_eids", "input_users", "input_items", "output_users", "output_items",
+                     "pos_u", "pos_i", "neg_u", "neg_i", "item_feats"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device, non_blocking=non_blocking))
+        self.blocks = [b.to(device) for b in self.blocks]
+        return self
+
+
+class EdgeBatches:
+    """Plain edge batches: this rank's positives with their negatives, no graph blocks."""
+
+    kind = "edges"
+
+    def __init__(self, graph: dgl.DGLHeteroGraph, *, batch_size: int, num_negatives: int, seed: int,
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0):
+        self.graph = graph
+        self.num_users = graph.num_nodes("user")
+        self.num_items = graph.num_nodes("item")
+        users, items = train_edges(graph)
+        self.edge_users = torch.from_numpy(users)
+        self.edge_items = torch.from_numpy(items)
+        self.num_negatives = int(num_negatives)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.num_workers = int(num_workers)
+        self.partition = EdgePartition(
+            num_edges=int(users.size), batch_size=int(batch_size), rank=self.rank,
+            world_size=self.world_size, seed=self.seed,
+        )
+
+    def num_batches(self, epoch: int = 0) -> int:
+        """Steps per epoch on this rank (equal on all ranks; does not depend on the epoch)."""
+        return self.partition.num_batches()
+
+    def epoch(self, epoch: int, start_step: int = 0, store=None) -> Iterator[MiniBatch]:
+        """The batches of ``epoch`` from ``start_step`` on (skipped steps cost nothing).
+
+        With ``store`` the feature stage runs too.  With ``num_workers > 0`` sampling (and feature
+        fetch) run that many batches ahead in a background thread; the batches are the same either way.
+        """
+        batches = self._generate(int(epoch), int(start_step))
+        if self.num_workers > 0 or store is not None:
+            return prefetch(batches, store, ahead=self.num_workers)
+        return batches
+
+    # -- stages -----------------------------------------------------------------------------------
+    def _generate(self, epoch: int, start_step: int) -> Iterator[MiniBatch]:
+        edge_batches = self.partition.batches(epoch)  # stage 1
+        total = sum(int(b.numel()) for b in edge_batches)
+        negatives = draw_epoch_negatives(  # stage 2
+            total, self.num_items, self.num_negatives, seed=self.seed, epoch=epoch, rank=self.rank
+        )
+        offset = 0
+        for step, eids in enumerate(edge_batches):
+            n = int(eids.numel())
+            if step >= start_step:
+                yield self._make_batch(epoch, step, eids, negatives[offset:offset + n])
+            offset += n
+
+    def _make_batch(self, epoch: int, step: int, eids: torch.Tensor, negatives: torch.Tensor) -> MiniBatch:
+        """Stage 3: global pairs -> sorted unique output nodes and indices into them."""
+        pos_users = self.edge_users[eids]
+        pos_items = self.edge_items[eids]
+        neg_items = negatives.reshape(-1)
+        neg_users = pos_users.repeat_interleave(self.num_negatives)
+        out_users = torch.unique(pos_users)
+        out_items = torch.unique(torch.cat([pos_items, neg_items]))
+        return MiniBatch(
+            step=step,
+            seed_eids=eids,
+            input_users=out_users,
+            input_items=out_items,
+            blocks=[],
+            output_users=out_users,
+            output_items=out_items,
+            pos_u=torch.searchsorted(out_users, pos_users),
+            pos_i=torch.searchsorted(out_items, pos_items),
+            neg_u=torch.searchsorted(out_users, neg_users),
+            neg_i=torch.searchsorted(out_items, neg_items),
+            num_pos=int(eids.numel()),
+        )

@@ -1,0 +1,86 @@
+"""Stage 5, feature fetch: item features for a batch's input items, optionally one batch ahead.
+
+``attach_features(batch, store)`` takes a ``MiniBatch`` and any store with
+``gather_concat(ids: np.ndarray) -> np.ndarray [len(ids), dim] float32`` (the sharded feature store,
+or anything array-backed); gives the batch with ``item_feats`` filled, rows in ``input_items`` order.
+
+``prefetch(batches, store, ahead)`` takes an iterator of batches (sampling happens when it is
+advanced); gives the same batches with features attached, produced ``ahead`` batches in advance by
+one background thread (``ahead=0``: inline).  Sampling is seeded per step, so the batches are
+identical whichever thread makes them.  Closing the returned generator (or dropping it, e.g. after
+``break``) stops the thread; an exception in the thread is re-raised in the consumer.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+_DONE = object()
+
+
+def attach_features(batch, store):
+    """Fills ``batch.item_feats`` from ``store`` (no-op if already filled); returns the batch."""
+    if batch.item_feats is not None:
+        return batch
+    ids = np.ascontiguousarray(batch.input_items.cpu().numpy(), dtype=np.int64)
+    feats = np.asarray(store.gather_concat(ids))
+    if feats.ndim != 2 or feats.shape[0] != ids.size:
+        raise ValueError(
+            f"feature store returned shape {feats.shape} for {ids.size} item ids (expected [{ids.size}, dim])"
+        )
+    batch.item_feats = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+    return batch
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def prefetch(batches: Iterable, store=None, ahead: int = 1) -> Iterator:
+    """Yields ``batches`` (features attached when ``store`` is given), made ``ahead`` steps early."""
+    if ahead <= 0:
+        for batch in batches:
+            yield attach_features(batch, store) if store is not None else batch
+        return
+
+    slots: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if store is not None:
+                    attach_features(batch, store)
+                if not put(batch):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer
+            put(_Failure(exc))
+
+    worker = threading.Thread(target=produce, name="metammf-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5.0)
