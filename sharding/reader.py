@@ -3,7 +3,8 @@
 ``FeatureStore(url)`` reads ``manifest.json`` and then, per request, only the row groups that hold the
 requested ids (``pyarrow.parquet.ParquetFile`` over an fsspec handle, ``read_row_group``).  Each row group
 is decoded once into the byte-bounded LRU slab cache (``cache.SlabCache``) and gathers index that slab with
-numpy, no per-id Python loop.  With ``verify=True`` a shard's sha256 is streamed and checked on first open;
+numpy, no per-id Python loop.  Cache misses are read by ``io_threads`` threads in parallel, each with its
+own shard handles (pyarrow releases the GIL while reading; this hides object-store latency).  With ``verify=True`` a shard's sha256 is streamed and checked on first open;
 size, Parquet schema, dims and row counts are always checked against the manifest.
 
 One lock serializes requests within a process.  The store pickles without handles or cache (DataLoader
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -48,10 +50,11 @@ class FeatureStore:
     """Read-only view of a store.  ``gather*`` accept any integer ids (any order, duplicates, any shape)."""
 
     def __init__(self, url: str, *, cache_bytes: int = 512 << 20, verify: bool = True,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, io_threads: int | None = None):
         self.url = url
         self.cache_bytes = int(cache_bytes)
         self.verify = bool(verify)
+        self.io_threads = max(1, int(io_threads if io_threads is not None else min(4, os.cpu_count() or 1)))
         self.storage_options = storage_options
         fs, root = fsio.resolve(url, storage_options)
         self.manifest = _load_manifest(fs, root, url)
@@ -82,7 +85,10 @@ class FeatureStore:
         if fs is None:
             fs, root = fsio.resolve(self.url, self.storage_options)
         self._fs, self._root = fs, root
-        self._files: dict[int, tuple] = {}  # shard index -> (fsspec handle, ParquetFile)
+        self._checked: set[int] = set()  # shards whose size/hash/schema passed in this process
+        self._tls = threading.local()  # per thread: {shard index: ParquetFile}
+        self._handles: list = []  # every fsspec handle opened, for close()
+        self._pool: ThreadPoolExecutor | None = None  # parallel row-group reads, created on first need
         self._cache = SlabCache(self._gid_space, self._num_groups, self._rgs, self.dim, np.dtype(self.dtype),
                                 self.cache_bytes)
         self._scratch: tuple[int, np.ndarray] | None = None  # iter_range's last decoded group
@@ -94,7 +100,7 @@ class FeatureStore:
             self._reset_runtime()
 
     def __getstate__(self) -> dict:
-        keep = ("url", "cache_bytes", "verify", "storage_options", "manifest", "_verified")
+        keep = ("url", "cache_bytes", "verify", "io_threads", "storage_options", "manifest", "_verified")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict) -> None:
@@ -113,7 +119,9 @@ class FeatureStore:
     def close(self) -> None:
         """Close shard handles and drop the cache (the store can still be used; it reopens lazily)."""
         with self._lock:
-            for fh, _ in self._files.values():
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            for fh in self._handles:
                 try:
                     fh.close()
                 except Exception:
@@ -190,7 +198,11 @@ class FeatureStore:
             for s in range(self.manifest.num_shards):
                 self._verified.discard(s)
                 self._check_shard_file(s, hash_it=True)
-                self._parquet(s)
+                fh, pf = self._open_file(s)
+                try:
+                    self._check_schema(pf, s)
+                finally:
+                    fh.close()
 
     def cache_info(self) -> dict:
         """Cache state: bytes held / capacity, cached ``(shard, row_group)`` pairs, row groups decoded so far."""
@@ -271,15 +283,43 @@ class FeatureStore:
         missing = groups[slots < 0]
         if len(missing) == 0:
             return
+        for shard in np.unique(missing // self._groups_per_shard).tolist():
+            self._parquet(shard)  # size/sha256/schema checks happen here, in the calling thread
+        cache.slab  # allocate before worker threads write into it
         free = cache.reserve(len(missing))
-        for i, (gid, slot) in enumerate(zip(missing.tolist(), free.tolist())):
+        jobs = list(zip(missing.tolist(), free.tolist()))
+        n_parts = min(self.io_threads, len(jobs) // 4)
+        if n_parts <= 1:
+            results = [self._decode_jobs(jobs)]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="feature-store-io")
+            bounds = np.linspace(0, len(jobs), n_parts + 1).astype(int)  # contiguous runs: sequential reads
+            futures = [self._pool.submit(self._decode_jobs, jobs[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+            results = [f.result() for f in futures]
+        error = None
+        filled = set()
+        for done, err in results:
+            for gid, slot in done:
+                cache.assign(slot, gid)
+                filled.add(slot)
+            error = error or err
+        if error is not None:
+            for slot in free.tolist():
+                if slot not in filled:
+                    cache.release(slot)
+            raise error
+
+    def _decode_jobs(self, jobs: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], BaseException | None]:
+        """Decode ``(gid, slot)`` jobs in order; return the ones done and the error that stopped it, if any."""
+        done = []
+        for gid, slot in jobs:
             try:
-                self._decode(gid, cache.slot_rows(slot))
-            except BaseException:
-                for s in free[i:].tolist():
-                    cache.release(s)
-                raise
-            cache.assign(slot, gid)
+                self._decode(gid, self._cache.slot_rows(slot))
+            except BaseException as e:
+                return done, e
+            done.append((gid, slot))
+        return done, None
 
     def _group_view(self, gid: int) -> np.ndarray:
         """Rows of one group for iter_range: from the cache if resident, else decoded into a scratch buffer."""
@@ -326,27 +366,41 @@ class FeatureStore:
                     row += len(chunk)
 
     def _parquet(self, shard: int) -> pq.ParquetFile:
-        """Open (once) and check a shard: size, sha256 on first open if verify, then Parquet schema/rows."""
-        if shard in self._files:
-            return self._files[shard][1]
-        self._check_shard_file(shard, hash_it=self.verify and shard not in self._verified)
-        info = self.manifest.shards[shard]
-        where = self._where(shard)
-        path = fsio.join(self._root, info.file)
-        with fsio.store_errors(where, "open shard"):
-            fh = self._fs.open(path, "rb") if fsio.is_local(self._fs) else self._fs.open(path, "rb", cache_type="none")
-            try:
-                pf = pq.ParquetFile(fh, pre_buffer=True)
-            except (OSError, pa.ArrowException) as e:
-                fh.close()
-                raise ShardIntegrityError(f"{where}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+        """This thread's handle on a shard.  The first open in this process checks size, sha256 (if
+        ``verify`` and not verified before) and the Parquet schema/row counts against the manifest."""
+        files = getattr(self._tls, "files", None)
+        if files is None:
+            files = self._tls.files = {}
+        pf = files.get(shard)
+        if pf is not None:
+            return pf
+        first = shard not in self._checked
+        if first:
+            self._check_shard_file(shard, hash_it=self.verify and shard not in self._verified)
+        fh, pf = self._open_file(shard)
+        if first:
             try:
                 self._check_schema(pf, shard)
             except BaseException:
                 fh.close()
                 raise
-        self._files[shard] = (fh, pf)
+            self._checked.add(shard)
+        self._handles.append(fh)
+        files[shard] = pf
         return pf
+
+    def _open_file(self, shard: int):
+        """A new ``(fsspec handle, ParquetFile)`` on a shard; ShardIntegrityError if it isn't Parquet."""
+        where = self._where(shard)
+        path = fsio.join(self._root, self.manifest.shards[shard].file)
+        with fsio.store_errors(where, "open shard"):
+            # Object stores: no read-ahead, pyarrow asks for exactly the (coalesced) byte ranges it needs.
+            fh = self._fs.open(path, "rb") if fsio.is_local(self._fs) else self._fs.open(path, "rb", cache_type="none")
+            try:
+                return fh, pq.ParquetFile(fh, pre_buffer=True)
+            except (OSError, pa.ArrowException) as e:
+                fh.close()
+                raise ShardIntegrityError(f"{where}: not a readable Parquet file ({type(e).__name__}: {e})") from None
 
     def _check_shard_file(self, shard: int, *, hash_it: bool) -> None:
         info = self.manifest.shards[shard]

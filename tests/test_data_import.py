@@ -18,14 +18,16 @@ from metammf_dist.data.dataset import Dataset, write_dataset
 from metammf_dist.data.mmrec import import_mmrec
 from metammf_dist.errors import DataError
 
+from conftest import SHARED_DATA, shared
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("METAMMF_SHARED_DATA", "/work/shared/data"))
+DATA = SHARED_DATA
 TIKTOK = DATA / "tiktok"
 MOVIELENS = DATA / "movielens_sample"
 
-needs_tiktok = pytest.mark.skipif(not (TIKTOK / "tiktok.inter").exists(), reason="shared TikTok data not present")
-needs_movielens = pytest.mark.skipif(not (MOVIELENS / "user_item_dict_sample.npy").exists(),
-                                     reason="shared MovieLens sample not present")
+# The shared data is part of the test setup: missing data fails these tests (conftest.shared), never skips.
+shared("tiktok", "tiktok.inter"), shared("movielens_sample", "user_item_dict_sample.npy")
+needs_tiktok = needs_movielens = pytest.mark.usefixtures()
 
 
 def run_cli(capsys, *argv):

@@ -55,6 +55,14 @@ def _first_host(nodelist: str) -> str:
     return prefix + first
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_distributed(timeout_s: int = 600) -> DistInfo:
     """Initialise torch.distributed (via DeepSpeed, so its comm layer knows the group) if launched with >1 rank."""
     _map_slurm_env()
@@ -66,7 +74,12 @@ def init_distributed(timeout_s: int = 600) -> DistInfo:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
+    if world == 1 and "MASTER_ADDR" not in os.environ:
+        # A plain single process: give DeepSpeed a one-rank group on a free local port instead of
+        # letting it fall back to MPI discovery.
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    if not dist.is_initialized():
         import deepspeed
 
         deepspeed.init_distributed(

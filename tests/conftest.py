@@ -1,0 +1,38 @@
+"""Shared test setup: where the read-only shared data lives, and a TikTok dataset imported once per session.
+
+The shared data sits beside the checkout (``../shared/data``, as in CI) unless METAMMF_SHARED_DATA says
+otherwise.  Tests that need it FAIL when it is missing: a silent skip would hide a broken CI setup.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("METAMMF_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"shared data missing: {path} (set METAMMF_SHARED_DATA)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiktok_dataset(tmp_path_factory) -> Path:
+    """The shared TikTok data imported into the canonical form (once per test session)."""
+    from metammf_dist.data.mmrec import import_mmrec
+
+    out = tmp_path_factory.mktemp("tiktok") / "ds"
+    import_mmrec(str(shared("tiktok")), str(out))
+    return out
