@@ -1,11 +1,13 @@
 """Random-access reader for the sharded item-feature store.
 
 ``FeatureStore(url)`` reads ``manifest.json`` and then, per request, only the row groups that hold the
-requested ids (``pyarrow.parquet.ParquetFile`` over an fsspec handle, ``read_row_group``).  Each row group
-is decoded once into the byte-bounded LRU slab cache (``cache.SlabCache``) and gathers index that slab with
-numpy, no per-id Python loop.  Cache misses are read by ``io_threads`` threads in parallel, each with its
-own shard handles (pyarrow releases the GIL while reading; this hides object-store latency).  With ``verify=True`` a shard's sha256 is streamed and checked on first open;
-size, Parquet schema, dims and row counts are always checked against the manifest.
+requested ids (``pyarrow.parquet.ParquetFile.read_row_group`` over an fsspec handle, or over a native
+``pyarrow.OSFile`` for local paths).  Each row group is decoded once into the byte-bounded LRU slab cache
+(``cache.SlabCache``) and gathers index that slab with numpy, no per-id Python loop.  Cache misses are
+read by ``io_threads`` threads in parallel, each with its own shard handles (pyarrow releases the GIL
+while reading; this also hides object-store latency).  With ``verify=True`` a shard's sha256 is streamed
+and checked on first open; size, Parquet schema, dims and row counts are always checked against the
+manifest.
 
 One lock serializes requests within a process.  The store pickles without handles or cache (DataLoader
 workers each reopen their own) and notices a fork, so a forked child never reuses the parent's handles.
@@ -87,7 +89,7 @@ class FeatureStore:
         self._fs, self._root = fs, root
         self._checked: set[int] = set()  # shards whose size/hash/schema passed in this process
         self._tls = threading.local()  # per thread: {shard index: ParquetFile}
-        self._handles: list = []  # every fsspec handle opened, for close()
+        self._handles: list = []  # every file handle opened, for close()
         self._pool: ThreadPoolExecutor | None = None  # parallel row-group reads, created on first need
         self._cache = SlabCache(self._gid_space, self._num_groups, self._rgs, self.dim, np.dtype(self.dtype),
                                 self.cache_bytes)
@@ -394,8 +396,11 @@ class FeatureStore:
         where = self._where(shard)
         path = fsio.join(self._root, self.manifest.shards[shard].file)
         with fsio.store_errors(where, "open shard"):
-            # Object stores: no read-ahead, pyarrow asks for exactly the (coalesced) byte ranges it needs.
-            fh = self._fs.open(path, "rb") if fsio.is_local(self._fs) else self._fs.open(path, "rb", cache_type="none")
+            if fsio.is_local(self._fs):
+                # Native pread-based file: no Python in the read path, so io_threads really run in parallel.
+                fh = pa.OSFile(path, "rb")
+            else:  # object stores: no read-ahead; pyarrow asks for exactly the (coalesced) ranges it needs
+                fh = self._fs.open(path, "rb", cache_type="none")
             try:
                 return fh, pq.ParquetFile(fh, pre_buffer=True)
             except (OSError, pa.ArrowException) as e:

@@ -378,3 +378,17 @@ def test_features_benchmark_tiny(tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):  # second run reuses the store
         features.run(args)
     assert len(os.listdir(tmp_path)) == 1
+
+
+def test_swapped_shards_caught_by_item_column_in_parallel_reads(store_dir):
+    url, feats = store_dir
+    a, b = _shard_path(url, 0), _shard_path(url, 1)  # full shards: same byte size
+    assert os.path.getsize(a) == os.path.getsize(b)
+    os.replace(a, a + ".tmp"), os.replace(b, a), os.replace(a + ".tmp", b)
+    store = FeatureStore(url, verify=False, io_threads=3)
+    with pytest.raises(ShardIntegrityError, match=r"shard-0000[01]\.parquet: row group \d does not hold items"):
+        store.gather_concat(np.arange(0, 600, 7))  # 10 missing groups -> read by 2-3 threads
+    ok = np.arange(600, 1000, 3)  # the failed request left the cache consistent
+    assert np.array_equal(store.gather_concat(ok), _concat(feats, ok))
+    info = store.cache_info()
+    assert all(s >= 2 for s, _ in info["groups"]) and info["bytes"] == len(info["groups"]) * 64 * 17 * 4

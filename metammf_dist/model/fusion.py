@@ -110,7 +110,7 @@ class CPLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         gated = torch.mm(h, self.A) * torch.mm(s, self.C)  # (h·A) ⊙ (s·C)   [B, R]
-        return torch.addmm(self.bias, h, self.M) + torch.mm(gated, self.B)  # equation (5)
+        return torch.addmm(self.bias, h, self.M).addmm_(gated, self.B)  # equation (5)
 
     def extra_repr(self) -> str:
         return f"in={self.in_dim}, out={self.out_dim}, meta_dim={self.meta_dim}, rank={self.rank}"
@@ -202,8 +202,11 @@ class FusionNet(nn.Module):
         s = self.meta_vectors(x)
         h = x
         last = len(self.layers) - 1
+        # in place: each layer returns a fresh tensor its own backward does not need, and LeakyReLU's
+        # backward can read the sign from its output (slope ≥ 0), so one [B, out] tensor per layer is kept
+        inplace = self.leaky_slope >= 0
         for index, layer in enumerate(self.layers):
             h = layer(h, s)
             if index < last:
-                h = F.leaky_relu(h, self.leaky_slope)
+                h = F.leaky_relu(h, self.leaky_slope, inplace=inplace)
         return h
