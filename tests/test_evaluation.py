@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import SHARED_DATA
 import torch
 
 from metammf_dist.evaluation import (
@@ -28,7 +30,7 @@ from metammf_dist.evaluation import (
     topk_lowest_id,
 )
 
-TIKTOK = Path("/work/shared/data/tiktok/tiktok.inter")
+TIKTOK = SHARED_DATA / "tiktok" / "tiktok.inter"
 
 
 # ---------------------------------------------------------------- plain-Python oracle

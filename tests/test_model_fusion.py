@@ -141,12 +141,12 @@ def test_initial_meta_part_is_small():
 
 
 def test_fusion_benchmark_at_tiny_dims():
-    """The benchmark's measurement path (one real worker subprocess) and its JSON summary keys."""
+    """The benchmark's measurement path (real worker subprocesses) and its JSON summary keys."""
     common = dict(in_dim=12, dims=[8, 4], meta_dim=3, rank=2, threads=1, repeats=1)
-    worker = bench_fusion.measure_in_subprocess("meta", batch=16, **common)
-    assert worker["variant"] == "meta" and worker["batch"] == 16 and worker["ms_per_item"] > 0
-    out = bench_fusion.run_benchmark(batch=16, naive_mem_gb=1e-6, isolate=False, **{
-        k: v for k, v in common.items()})
+    isolated = bench_fusion.measure_variant("cp", batch=16, isolate=True, **common)
+    assert isolated["variant"] == "cp" and isolated["batch"] == 16
+    assert isolated["ms_per_item"] > 0 and isolated["peak_bytes"] >= 0 and "memory_method" in isolated
+    out = bench_fusion.run_benchmark(batch=16, naive_mem_gb=1e-6, isolate=False, **common)
     summary = out["summary"]
     for key in ("meta_mem_ratio", "meta_time_ratio", "cp_mem_ratio", "cp_time_ratio",
                 "naive_bytes_per_item", "meta_bytes_per_item", "cp_bytes_per_item",
@@ -154,5 +154,6 @@ def test_fusion_benchmark_at_tiny_dims():
         assert key in summary and summary[key] >= 0, key
     assert summary["naive_batch"] == 1  # the tiny budget still runs one item
     json.loads(json.dumps(summary))
+    assert "meta_learner" in bench_fusion.format_results(out["results"])
     assert out["parameters"]["static"]["meta_learner"] == 0
     assert bench_fusion.naive_batch_size(2276, [1024, 512, 256, 32], 4.0) == 4 * 2**30 // (8 * 2994176)

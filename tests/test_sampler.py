@@ -127,12 +127,30 @@ def test_partition_rejects_too_many_ranks():
 
 # -- negatives --------------------------------------------------------------------------------------
 def test_negatives_reproducible_and_fresh_each_epoch():
-    a = draw_epoch_negatives(500, 40, 3, seed=1, epoch=2, rank=1)
+    a = draw_epoch_negatives(500, 40, 3, seed=1, epoch=2)
     assert a.shape == (500, 3) and a.dtype == torch.int64 and int(a.min()) >= 0 and int(a.max()) < 40
-    assert torch.equal(a, draw_epoch_negatives(500, 40, 3, seed=1, epoch=2, rank=1))
-    assert not torch.equal(a, draw_epoch_negatives(500, 40, 3, seed=1, epoch=3, rank=1))
-    assert not torch.equal(a, draw_epoch_negatives(500, 40, 3, seed=1, epoch=2, rank=0))
-    assert not torch.equal(a, draw_epoch_negatives(500, 40, 3, seed=2, epoch=2, rank=1))
+    assert torch.equal(a, draw_epoch_negatives(500, 40, 3, seed=1, epoch=2))
+    assert not torch.equal(a, draw_epoch_negatives(500, 40, 3, seed=1, epoch=3))
+    assert not torch.equal(a, draw_epoch_negatives(500, 40, 3, seed=2, epoch=2))
+
+
+def test_negatives_do_not_depend_on_world_size(graph_and_pairs):
+    """A positive edge gets the same negatives in a 1-rank and a 2-rank run (launcher equivalence)."""
+    g, _ = graph_and_pairs
+
+    def pairs(batches):
+        out = {}
+        for b in batches:
+            neg = b.output_items[b.neg_i].reshape(b.num_pos, -1)
+            for e, row in zip(b.seed_eids.tolist(), neg.tolist()):
+                out[e] = row
+        return out
+
+    one = pairs(EdgeBatches(g, batch_size=256, num_negatives=2, seed=5).epoch(1))
+    two = {}
+    for r in range(2):
+        two.update(pairs(EdgeBatches(g, batch_size=256, num_negatives=2, seed=5, rank=r, world_size=2).epoch(1)))
+    assert one == two and len(one) == g.num_edges("ui")
 
 
 def test_batch_negatives_follow_the_epoch(graph_and_pairs):

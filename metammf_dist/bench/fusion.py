@@ -9,12 +9,19 @@ CPU with ``--threads`` threads:
     meta   the exact meta layers of ``model/fusion.py`` at ``--batch``
     cp     the CP-decomposed layers at ``--batch``
 
-Peak memory: every variant runs in a fresh Python subprocess.  After building the network and its input
-it reads its resident set size (baseline), resets the kernel's peak-RSS mark (``echo 5 >
+plus, for context, the meta-learner alone (``d -> d -> s`` MLP, shared by all three) at ``--batch``.
+
+Peak memory: each variant runs in its own fresh Python subprocess.  After building the network and its
+input it reads its resident set size (baseline), resets the kernel's peak-RSS mark (``echo 5 >
 /proc/self/clear_refs``; where that is not allowed it falls back to ``ru_maxrss``), runs one forward +
-backward, and reports peak RSS (VmHWM) minus baseline.  That figure includes everything the pass
-allocates — activations, W_i, and the parameter gradients — divided by the batch size to give bytes per
-item.  Time: median of ``--repeats`` further passes, divided by the batch size.
+backward and reports peak RSS (VmHWM) minus baseline: everything the pass allocates — activations, the
+W_i, the parameter gradients — divided by the batch size.  That subprocess runs with glibc's
+``MALLOC_MMAP_THRESHOLD_=65536``, so every block of 64 KiB or more is mmapped and leaves the RSS as soon
+as it is freed; peak RSS then tracks peak live bytes instead of what the allocator happens to retain
+(without it the figures vary by ±10 % run to run and overstate ours more than the naive one's).
+Time: another fresh subprocess with the default allocator, one warm-up pass, then the best of
+``--repeats`` passes (the minimum, as ``timeit`` advises: other load only ever adds time), divided by
+the batch size.
 
 Prints a results table and a parameter-count table (meta-learner + fusion layers, meta vs CP vs static),
 and ends with one JSON line: ``meta_mem_ratio``, ``meta_time_ratio``, ``cp_mem_ratio``, ``cp_time_ratio``
@@ -25,24 +32,24 @@ from __future__ import annotations
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 PAPER_IN_DIM = 2276
 PAPER_DIMS = (1024, 512, 256, 32)
-VARIANTS = ("naive", "meta", "cp")
+VARIANTS = ("naive", "meta", "cp", "meta_learner")  # the last is context: the part all three share
 FLOAT32_BYTES = 4
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, default=3000, help="items per pass for meta and cp")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--naive-mem-gb", type=float, default=4.0, help="GiB budget for the naive W_i and grads")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per variant (median is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per variant (the best is reported)")
     parser.add_argument("--in-dim", type=int, default=PAPER_IN_DIM, help="concatenated feature dim d")
     parser.add_argument("--dims", type=str, default=",".join(map(str, PAPER_DIMS)), help="fusion widths")
     parser.add_argument("--meta-dim", type=int, default=5)
@@ -82,9 +89,9 @@ def _peak_rss_fallback() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure_variant(variant: str, in_dim: int, dims: Sequence[int], meta_dim: int, rank: int,
-                    batch: int, threads: int, repeats: int, seed: int = 0) -> Dict:
-    """Forward + backward of one variant in *this* process; meaningful memory only in a fresh process."""
+def _make_step(variant: str, in_dim: int, dims: Sequence[int], meta_dim: int, rank: int, batch: int,
+               threads: int, seed: int) -> Callable[[], None]:
+    """Build the variant's network and input; return one forward + backward pass."""
     import torch
 
     from metammf_dist.bench.naive_fusion import naive_fusion_forward
@@ -96,45 +103,77 @@ def measure_variant(variant: str, in_dim: int, dims: Sequence[int], meta_dim: in
     torch.manual_seed(seed)
     net = FusionNet(in_dim, dims, kind="cp" if variant == "cp" else "meta", meta_dim=meta_dim, cp_rank=rank)
     x = torch.randn(batch, in_dim)
-    forward = (lambda inp: naive_fusion_forward(net, inp)) if variant == "naive" else net
+    forward = {
+        "naive": lambda: naive_fusion_forward(net, x),
+        "meta": lambda: net(x),
+        "cp": lambda: net(x),
+        "meta_learner": lambda: net.meta_vectors(x),
+    }[variant]
 
-    def step() -> float:
+    def step() -> None:
         net.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        forward(x).sum().backward()
-        return time.perf_counter() - start
+        forward().sum().backward()
 
+    return step
+
+
+def measure_memory(variant: str, in_dim: int, dims: Sequence[int], meta_dim: int, rank: int, batch: int,
+                   threads: int, seed: int = 0) -> Dict:
+    """Peak RSS growth of one pass; meaningful only in a fresh process (see the module docstring)."""
+    step = _make_step(variant, in_dim, dims, meta_dim, rank, batch, threads, seed)
     baseline = _status_bytes("VmRSS") or 0
     method = "vmhwm_reset" if _reset_peak_rss() else "ru_maxrss"
-    first = step()
+    step()
     peak = _status_bytes("VmHWM") if method == "vmhwm_reset" else _peak_rss_fallback()
-    times = [step() for _ in range(max(1, repeats))]
-    seconds = statistics.median(times)
     peak_bytes = max(0, (peak or 0) - baseline)
-    return {
-        "variant": variant,
-        "batch": batch,
-        "peak_bytes": peak_bytes,
-        "bytes_per_item": peak_bytes / batch,
-        "seconds": seconds,
-        "first_seconds": first,
-        "ms_per_item": 1e3 * seconds / batch,
-        "memory_method": method,
-    }
+    return {"variant": variant, "batch": batch, "peak_bytes": peak_bytes, "bytes_per_item": peak_bytes / batch,
+            "memory_method": method}
 
 
-def measure_in_subprocess(variant: str, **kwargs) -> Dict:
-    """``measure_variant`` in a fresh interpreter, so its peak RSS belongs to this variant alone."""
-    spec = json.dumps({"variant": variant, **kwargs})
-    env = dict(os.environ)
+def measure_time(variant: str, in_dim: int, dims: Sequence[int], meta_dim: int, rank: int, batch: int,
+                 threads: int, repeats: int = 3, seed: int = 0) -> Dict:
+    """Best (minimum) seconds of ``repeats`` passes after one warm-up pass."""
+    step = _make_step(variant, in_dim, dims, meta_dim, rank, batch, threads, seed)
+    step()
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    seconds = min(times)
+    return {"variant": variant, "batch": batch, "seconds": seconds, "ms_per_item": 1e3 * seconds / batch}
+
+
+_TASKS = {"memory": measure_memory, "time": measure_time}
+
+
+def measure_in_subprocess(task: str, variant: str, **kwargs) -> Dict:
+    """``measure_memory`` / ``measure_time`` in a fresh interpreter (memory: with ``MEMORY_ENV``)."""
+    if task not in _TASKS:
+        raise ValueError(f"unknown task {task!r} (known: {', '.join(_TASKS)})")
+    spec = json.dumps({"task": task, "variant": variant, **kwargs})
+    env = dict(os.environ, **(MEMORY_ENV if task == "memory" else {}))
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run(
         [sys.executable, "-m", "metammf_dist.bench.fusion", spec], capture_output=True, text=True, env=env
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"fusion benchmark worker for {variant!r} failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"fusion benchmark {task} worker for {variant!r} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_variant(variant: str, in_dim: int, dims: Sequence[int], meta_dim: int, rank: int, batch: int,
+                    threads: int, repeats: int = 3, isolate: bool = True) -> Dict:
+    """Memory and time of one variant: two fresh subprocesses (``isolate``), or here (smoke tests only)."""
+    common = dict(variant=variant, in_dim=in_dim, dims=list(dims), meta_dim=meta_dim, rank=rank, batch=batch,
+                  threads=threads)
+    if isolate:
+        memory = measure_in_subprocess("memory", **common)
+        timing = measure_in_subprocess("time", repeats=repeats, **common)
+    else:
+        memory, timing = measure_memory(**common), measure_time(repeats=repeats, **common)
+    return {**memory, **timing}
 
 
 # ---- the whole benchmark -------------------------------------------------------------------------
@@ -155,19 +194,18 @@ def fusion_parameter_counts(in_dim: int, dims: Sequence[int], meta_dim: int, ran
 def run_benchmark(in_dim: int = PAPER_IN_DIM, dims: Sequence[int] = PAPER_DIMS, meta_dim: int = 5, rank: int = 16,
                   batch: int = 3000, threads: int = 2, naive_mem_gb: float = 4.0, repeats: int = 3,
                   isolate: bool = True) -> Dict:
-    """Measure the three variants and return per-variant results, the ratios and parameter counts.
+    """Measure every variant and return per-variant results, the ratios and parameter counts.
 
-    ``isolate=True`` (the benchmark) runs each variant in its own subprocess; ``False`` runs them here,
+    ``isolate=True`` (the benchmark) runs each measurement in its own subprocess; ``False`` runs them here,
     which is quicker for smoke tests but makes the memory figures meaningless.
     """
     dims = [int(d) for d in dims]
     common = dict(in_dim=in_dim, dims=dims, meta_dim=meta_dim, rank=rank, threads=threads, repeats=repeats)
     naive_batch = naive_batch_size(in_dim, dims, naive_mem_gb)
-    measure = measure_in_subprocess if isolate else measure_variant
     results = {
-        "naive": measure("naive", batch=naive_batch, **common),
-        "meta": measure("meta", batch=batch, **common),
-        "cp": measure("cp", batch=batch, **common),
+        variant: measure_variant(variant, batch=naive_batch if variant == "naive" else batch, isolate=isolate,
+                                 **common)
+        for variant in VARIANTS
     }
     naive = results["naive"]
 
@@ -225,7 +263,7 @@ def run(args) -> int:
 
 def _worker(argv: List[str]) -> None:
     spec = json.loads(argv[0])
-    print(json.dumps(measure_variant(**spec)))
+    print(json.dumps(_TASKS[spec.pop("task")](**spec)))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ Determinism (results independent of ``user_chunk`` and of the number of ranks):
   rounded), so the sum -- and the ``all_reduce(SUM)`` over ranks -- is exact and independent of
   summation order.  The rounding error is below 2**-33 per user (about 1e-10).
   Every rank returns the same averaged metrics.
+* Caveat: this makes the ranking a pure function of each user's score row.  A float matmul may
+  round differently for different chunk sizes (BLAS blocking); that can only swap items whose
+  scores differ in the last bits, but exact invariance needs bit-identical scores.
 
 ``user_vecs_fn`` / ``score_fn`` must be rank-local (no collectives inside): ranks may process
 different numbers of chunks.  The only collective is one ``all_reduce`` at the end.
@@ -24,7 +27,7 @@ different numbers of chunks.  The only collective is one ``all_reduce`` at the e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -73,7 +76,10 @@ class CSR:
 
 
 def as_id_tensor(x, name: str) -> torch.Tensor:
+    """Flat int64 CPU tensor from integer ids (numpy, torch or list); float/bool ids are an error."""
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if t.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64)
     if t.dtype.is_floating_point or t.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer ids, got dtype {t.dtype}")
     return t.reshape(-1).to(torch.int64).cpu()

@@ -27,6 +27,21 @@ from metammf_dist.model.registry import build_fusion, build_scorer
 ID_INIT_STD = 0.1  # ID embeddings ~ N(0, 0.1²)
 
 
+class ColdStartEmbedding(nn.Embedding):
+    """ID table whose ids ≥ ``num_embeddings`` (no trained row: cold start) read the mean of all rows.
+
+    The mean is taken inside this module's own ``forward``, so wrappers that gather a module's
+    parameters around its forward (e.g. ZeRO stage 3) see the whole table.
+    """
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.numel() == 0 or int(ids.max()) < self.num_embeddings:
+            return super().forward(ids)
+        known = ids < self.num_embeddings
+        rows = super().forward(torch.where(known, ids, torch.zeros_like(ids)))
+        return torch.where(known.unsqueeze(-1), rows, self.weight.mean(0).expand_as(rows))
+
+
 class MetaMMFRecommender(nn.Module):
     """Parts, as attributes (grouped by ``summary.parameter_counts``): ``fusion`` (with
     ``fusion.meta_learner``, also reachable as ``meta_learner``), ``user_emb``, ``item_emb``, and
@@ -45,7 +60,7 @@ class MetaMMFRecommender(nn.Module):
         self.num_users, self.num_items, self.feat_dim = num_users, num_items, feat_dim
         self.dim = cfg.user_id_dim
         self.fusion = build_fusion(cfg, feat_dim)
-        self.item_emb = nn.Embedding(num_items, cfg.item_id_dim)
+        self.item_emb = ColdStartEmbedding(num_items, cfg.item_id_dim)
         self.user_emb = nn.Embedding(num_users, cfg.user_id_dim)
         nn.init.normal_(self.item_emb.weight, std=ID_INIT_STD)
         nn.init.normal_(self.user_emb.weight, std=ID_INIT_STD)
@@ -62,14 +77,7 @@ class MetaMMFRecommender(nn.Module):
             raise ValueError(f"item_vectors: {item_ids.shape[0]} ids but {feats.shape[0]} feature rows")
         weight = self.item_emb.weight
         fused = self.fusion(feats.to(device=weight.device, dtype=weight.dtype))
-        item_ids = item_ids.to(weight.device)
-        if item_ids.numel() and int(item_ids.max()) >= self.num_items:
-            known = item_ids < self.num_items
-            rows = self.item_emb(torch.where(known, item_ids, torch.zeros_like(item_ids)))
-            id_part = torch.where(known.unsqueeze(1), rows, weight.mean(0).expand_as(rows))
-        else:
-            id_part = self.item_emb(item_ids)
-        return torch.cat([fused, id_part], dim=1)
+        return torch.cat([fused, self.item_emb(item_ids.to(weight.device))], dim=1)
 
     def user_vectors(self, user_ids: torch.Tensor) -> torch.Tensor:
         return self.user_emb(user_ids.to(self.user_emb.weight.device))
@@ -112,7 +120,7 @@ class MetaMMFRecommender(nn.Module):
             stop = min(start + chunk_size, self.num_items)
             ids = torch.arange(start, stop, device=device)
             parts.append(self.item_vectors(ids, item_feats_all[start:stop]))
-        vectors = {"user": self.user_emb.weight, "item": torch.cat(parts)}
+        vectors = {"user": self.user_vectors(torch.arange(self.num_users, device=device)), "item": torch.cat(parts)}
         if self.gcn is None:
             return vectors
         return self.gcn.forward_graph(g, vectors)

@@ -114,16 +114,14 @@ class EdgeBatches:
     # -- stages -----------------------------------------------------------------------------------
     def _generate(self, epoch: int, start_step: int) -> Iterator[MiniBatch]:
         edge_batches = self.partition.batches(epoch)  # stage 1
-        total = sum(int(b.numel()) for b in edge_batches)
-        negatives = draw_epoch_negatives(  # stage 2
-            total, self.num_items, self.num_negatives, seed=self.seed, epoch=epoch, rank=self.rank
+        # stage 2: negatives are drawn per edge id for the whole epoch, from a stream keyed by
+        # (seed, epoch) only, so a positive gets the same negatives at any world size or rank.
+        negatives = draw_epoch_negatives(
+            self.partition.num_edges, self.num_items, self.num_negatives, seed=self.seed, epoch=epoch
         )
-        offset = 0
         for step, eids in enumerate(edge_batches):
-            n = int(eids.numel())
             if step >= start_step:
-                yield self._make_batch(epoch, step, eids, negatives[offset:offset + n])
-            offset += n
+                yield self._make_batch(epoch, step, eids, negatives[eids])
 
     def _make_batch(self, epoch: int, step: int, eids: torch.Tensor, negatives: torch.Tensor) -> MiniBatch:
         """Stage 3: global pairs -> sorted unique output nodes and indices into them."""
