@@ -52,13 +52,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _is_user_error(exc: Exception) -> bool:
     from metammf_dist.config import ConfigError
-    from metammf_dist.errors import DataError
+    from metammf_dist.errors import DataError, TrainingError
 
     try:
         from sharding import StoreError
     except ImportError:  # pragma: no cover - sharding always ships with the package
         StoreError = ()  # type: ignore
-    return isinstance(exc, (UserError, ConfigError, DataError, StoreError, FileNotFoundError))
+    return isinstance(exc, (UserError, ConfigError, DataError, TrainingError, StoreError, FileNotFoundError))
 
 
 if __name__ == "__main__":  # pragma: no cover

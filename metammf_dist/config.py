@@ -57,6 +57,7 @@ class TrainConfig:
     eval_every: int = 1
     patience: int = 5
     checkpoint_every_steps: int = 0  # 0 = only at epoch ends
+    keep_checkpoints: int = 2  # most recent complete checkpoints kept (plus the best one)
     max_steps_per_epoch: int = 0  # 0 = full epoch (benchmarks and smoke tests cap it)
     log_every: int = 10
     fusion_cache_refresh: int = 0  # 0 = off; K = refresh non-seed neighbour fusion cache every K steps
@@ -107,6 +108,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
         return float(value)

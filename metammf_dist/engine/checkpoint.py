@@ -40,7 +40,7 @@ class Checkpoints:
         barrier(info)
 
     # -- saving -----------------------------------------------------------------------------------
-    def save(self, engine, tag: str, state: dict, keep: set) -> None:
+    def save(self, engine, tag: str, state: dict, keep: set, keep_last: int = 2) -> None:
         """Collective: every rank calls it.  ``state`` is the trainer's resumable state (json-able)."""
         if self.info.is_main:
             self._remove_incomplete()
@@ -50,7 +50,8 @@ class Checkpoints:
         if self.info.is_main:
             _atomic_write_json(self.root / tag / MARKER, {"tag": tag, "trainer": state})
             _atomic_write_json(self.root / "latest.json", {"tag": tag})
-            self._prune(keep | {tag})
+            recent = sorted(d.name for d in self.root.iterdir() if (d / MARKER).exists())[-max(keep_last, 1):]
+            self._prune(keep | set(recent) | {tag})
         barrier(self.info)
 
     def mark_best(self, tag: str, metrics: dict) -> None:

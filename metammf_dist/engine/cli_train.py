@@ -30,8 +30,13 @@ def run(args) -> int:
     if args.sampler:
         overrides.append(f"train.sampler={args.sampler}")
     cfg = load_config(args.config, overrides)
+    from metammf_dist.engine.dist import shutdown
+
     trainer = Trainer(cfg)
-    metrics = trainer.fit(resume=args.resume)
+    try:
+        metrics = trainer.fit(resume=args.resume)
+    finally:
+        shutdown(trainer.info)
     if trainer.info.is_main:
         print(json.dumps(metrics, sort_keys=True), flush=True)
     return 0

@@ -110,3 +110,11 @@ def log_main(info: DistInfo, *parts) -> None:
     """Rank 0 speaks; every rank works.  Goes to stderr so stdout's last line stays the metrics JSON."""
     if info.is_main:
         print(*parts, file=sys.stderr, flush=True)
+
+
+def shutdown(info: DistInfo) -> None:
+    """Barrier, then destroy the default group (a live gloo group can hang interpreter exit)."""
+    if dist.is_initialized():
+        if info.distributed:
+            dist.barrier()
+        dist.destroy_process_group()

@@ -171,7 +171,7 @@ class Trainer:
 
     def _save(self, tag: str) -> None:
         keep = {self.state.best_tag} if self.state.best_tag else set()
-        self.ckpt.save(self.engine, tag, asdict(self.state), keep=keep)
+        self.ckpt.save(self.engine, tag, asdict(self.state), keep=keep, keep_last=self.cfg.train.keep_checkpoints)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])

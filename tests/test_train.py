@@ -1,0 +1,137 @@
+"""Training end to end, as users run it: real processes, real DeepSpeed (ZeRO 0 and 3), real torchrun.
+
+Each run trains on a small synthetic catalog for 1-2 short epochs; the checks are exact equalities
+(evaluation across process counts, resume vs straight run) and clear errors for bad input.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, free_port
+
+PY = sys.executable
+SMALL = [
+    "model.fusion_dims=[16,8]", "model.item_id_dim=8", "model.user_id_dim=16", "model.meta_hidden=16",
+    "train.batch_size=512", "train.fanouts=[5,5]", "train.eval_every=1", "train.patience=10",
+    "eval.user_chunk=64", "data.cache_mb=16",
+]
+
+
+def _env():
+    env = dict(os.environ)
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
+    env["OMP_NUM_THREADS"] = "1"
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def run_cli(*args, nproc: int = 1, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    if nproc == 1:
+        cmd = [PY, "-m", "metammf_dist", *args]
+    else:
+        cmd = [PY, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+               "-m", "metammf_dist", *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def last_json(proc) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def synth_ds(tmp_path_factory) -> Path:
+    from metammf_dist.data.synth import SynthSpec, generate
+
+    out = tmp_path_factory.mktemp("synth") / "ds"
+    generate(SynthSpec(num_users=300, num_items=200, num_interactions=5000, modalities={"image": 16, "text": 8}, seed=3),
+             str(out))
+    return out
+
+
+def train(ds, run_dir, *extra, nproc=1, stage=0, epochs=2, check=True):
+    return run_cli("train", "configs/tiktok.yaml", f"data.path={ds}", f"run_dir={run_dir}", f"train.epochs={epochs}",
+                   f"train.ds_config=configs/ds/zero{stage}.json", *SMALL, *extra, nproc=nproc, check=check)
+
+
+def close(a: dict, b: dict, tol: float) -> bool:
+    keys = [k for k in a if "@" in k]
+    return bool(keys) and all(abs(a[k] - b[k]) <= tol for k in keys)
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("stage", [0, 3])
+def test_two_ranks_train_and_evaluate_like_one_process(synth_ds, tmp_path, stage):
+    run = tmp_path / f"run{stage}"
+    metrics = last_json(train(synth_ds, run, nproc=2, stage=stage))
+    assert metrics["recall@20"] > 0 and metrics["num_users"] > 0
+    for name in ("config.yaml", "ds_config.json", "git.txt", "metrics.csv", "final_metrics.json",
+                 "checkpoints/latest.json", "checkpoints/best.json"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "ds_config.json").read_text())["zero_optimization"]["stage"] == stage
+    assert list((run / "tb").glob("events.*"))
+    # the best checkpoint, evaluated by ONE process with no engine, gives the 2-rank test metrics
+    single = last_json(run_cli("evaluate", str(run)))
+    assert close(single, metrics, 1e-6), (single, metrics)
+
+
+def test_resume_continues_exactly(synth_ds, tmp_path):
+    straight = last_json(train(synth_ds, tmp_path / "straight", epochs=2))
+    train(synth_ds, tmp_path / "resumed", epochs=1)
+    resumed = last_json(train(synth_ds, tmp_path / "resumed", "--resume", epochs=2))
+    assert close(straight, resumed, 1e-6), (straight, resumed)
+    assert resumed["best_epoch"] == straight["best_epoch"]
+
+
+@pytest.mark.multiproc
+def test_resume_mid_epoch_two_ranks_zero3(synth_ds, tmp_path):
+    """Checkpoints every 3 steps; a second run resumed from a mid-epoch checkpoint ends like a straight run."""
+    straight = last_json(train(synth_ds, tmp_path / "a", nproc=2, stage=3, epochs=1))
+    run = tmp_path / "b"
+    first = train(synth_ds, run, "train.max_steps_per_epoch=3", "train.checkpoint_every_steps=2", nproc=2, stage=3,
+                  epochs=1)
+    assert first.returncode == 0
+    # pretend the job died after step 2 of epoch 0: point latest at that checkpoint and resume
+    tags = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    assert "epoch0000-step0000002" in tags, tags
+    (run / "checkpoints" / "latest.json").write_text(json.dumps({"tag": "epoch0000-step0000002"}))
+    (run / "checkpoints" / "best.json").unlink()
+    resumed = last_json(train(synth_ds, run, "--resume", nproc=2, stage=3, epochs=1))
+    assert close(straight, resumed, 1e-6), (straight, resumed)
+
+
+def test_evaluate_rejects_a_mismatched_dataset(synth_ds, tmp_path):
+    from metammf_dist.data.synth import SynthSpec, generate
+
+    train(synth_ds, tmp_path / "run", epochs=1)
+    other = tmp_path / "other"
+    generate(SynthSpec(num_users=300, num_items=150, num_interactions=3000, modalities={"image": 16, "text": 8},
+                       seed=4), str(other))
+    proc = run_cli("evaluate", str(tmp_path / "run"), "--data", str(other), check=False)
+    assert proc.returncode == 2
+    assert "does not match checkpoint" in proc.stderr and "item_emb.weight" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_unknown_config_key_is_named(synth_ds, tmp_path):
+    proc = train(synth_ds, tmp_path / "run", "train.learning_rate=0.1", check=False)
+    assert proc.returncode == 2
+    assert "unknown config key 'train.learning_rate'" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_non_finite_loss_stops_and_names_the_step(synth_ds, tmp_path):
+    run = tmp_path / "run"
+    proc = train(synth_ds, run, "train.lr=1e20", "train.checkpoint_every_steps=1", epochs=3, check=False)
+    assert proc.returncode != 0
+    assert "non-finite loss at epoch" in proc.stderr and "last good checkpoint" in proc.stderr, proc.stderr[-3000:]
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())["tag"]
+    assert (run / "checkpoints" / latest / "COMPLETE.json").exists()
