@@ -36,6 +36,7 @@ class ModelConfig:
     item_id_dim: int = 32
     user_id_dim: int = 64
     leaky_slope: float = 0.01
+    feature_norm: str = "none"  # none | standardize (per-dim z-score with dataset statistics, kept as buffers)
     scorer: str = "gcn"  # mf | gcn
     gcn_layers: int = 2
     gcn_dropout: List[float] = field(default_factory=lambda: [0.5, 0.2])
@@ -148,6 +149,7 @@ _CHOICES = {
     "model.fusion": ("meta", "cp", "static"),
     "model.scorer": ("mf", "gcn"),
     "model.gcn_combine": ("last", "mean"),
+    "model.feature_norm": ("none", "standardize"),
     "train.sampler": ("neighbor", "full"),
 }
 
@@ -175,6 +177,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"config key 'train.fanouts': {len(cfg.train.fanouts)} fan-outs for model.gcn_layers={cfg.model.gcn_layers}"
         )
+    if not cfg.model.gcn_dropout or not all(0.0 <= p < 1.0 for p in cfg.model.gcn_dropout):
+        raise ConfigError(f"config key 'model.gcn_dropout': needs rates in [0, 1), got {cfg.model.gcn_dropout}")
     if cfg.model.fusion_dims[-1] + cfg.model.item_id_dim != cfg.model.user_id_dim:
         raise ConfigError(
             "config key 'model.user_id_dim': must equal model.fusion_dims[-1] + model.item_id_dim "

@@ -21,6 +21,7 @@ import torch.distributed as tdist
 
 from metammf_dist.config import Config
 from metammf_dist.data.dataset import Dataset
+from metammf_dist.data.feature_stats import feature_moments
 from metammf_dist.engine.checkpoint import Checkpoints, tag_for
 from metammf_dist.engine.deepspeed_engine import build_engine, gathered_parameters, load_ds_config
 from metammf_dist.engine.dist import DistInfo, init_distributed, log_main
@@ -66,6 +67,8 @@ class Trainer:
         self.graph = build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_model(cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim)
+        if cfg.model.feature_norm == "standardize":
+            self.model.set_feature_stats(*feature_moments(self.store))
         self.ds_config = load_ds_config(cfg, self.info)
         self.engine = build_engine(BPRObjective(self.model), cfg, self.ds_config, self.info)
         self.batches = make_batches(

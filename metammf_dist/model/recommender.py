@@ -65,6 +65,16 @@ class MetaMMFRecommender(nn.Module):
         nn.init.normal_(self.item_emb.weight, std=ID_INIT_STD)
         nn.init.normal_(self.user_emb.weight, std=ID_INIT_STD)
         self.gcn: Optional[nn.Module] = build_scorer(cfg)
+        if cfg.feature_norm == "standardize":  # filled by set_feature_stats from the dataset
+            self.register_buffer("feat_mean", torch.zeros(feat_dim))
+            self.register_buffer("feat_std", torch.ones(feat_dim))
+
+    def set_feature_stats(self, mean, std) -> None:
+        """Per-dim input statistics for ``feature_norm: standardize`` (x -> (x - mean) / std)."""
+        if not hasattr(self, "feat_mean"):
+            raise ValueError("set_feature_stats needs model.feature_norm=standardize")
+        self.feat_mean.copy_(torch.as_tensor(mean, dtype=self.feat_mean.dtype))
+        self.feat_std.copy_(torch.as_tensor(std, dtype=self.feat_std.dtype))
 
     @property
     def meta_learner(self) -> Optional[nn.Module]:
@@ -76,7 +86,10 @@ class MetaMMFRecommender(nn.Module):
         if feats.shape[0] != item_ids.shape[0]:
             raise ValueError(f"item_vectors: {item_ids.shape[0]} ids but {feats.shape[0]} feature rows")
         weight = self.item_emb.weight
-        fused = self.fusion(feats.to(device=weight.device, dtype=weight.dtype))
+        feats = feats.to(device=weight.device, dtype=weight.dtype)
+        if hasattr(self, "feat_mean"):
+            feats = (feats - self.feat_mean) / self.feat_std
+        fused = self.fusion(feats)
         return torch.cat([fused, self.item_emb(item_ids.to(weight.device))], dim=1)
 
     def user_vectors(self, user_ids: torch.Tensor) -> torch.Tensor:
