@@ -6,7 +6,9 @@ lazily so ``metammf-dist info`` does not pay for importing DeepSpeed.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
+import signal
 import sys
 from typing import List, Optional
 
@@ -37,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # `kill -USR1 <pid>` prints every thread's stack: the first thing to look at when a rank seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = build_parser().parse_args(argv)
     module = importlib.import_module(args._module)
     try:

@@ -16,18 +16,94 @@ from neighbour sampling or ``dgl.to_block``) and features of the first block's s
 the last block's dst nodes.  In DGL blocks the dst nodes are the first ``num_dst_nodes`` src nodes, so
 the output nodes' h^l is the prefix of every layer's representation.  ``forward_graph(g, feats)`` runs
 the same layers on a whole graph (every node is both source and destination).
+
+Two graph backends, one set of parameters.  DGL blocks/graphs run through DGL's ``HeteroGraphConv`` +
+``SAGEConv``; torch-backend ``Block`` / ``BipartiteGraph`` objects (``sampler/torch_graph.py``) run
+through ``sage_mean`` below, a pure-torch GraphSAGE-mean that reads the SAME ``fc_self`` / ``fc_neigh``
+weights (neighbour sum by ``index_add_``, divided by the in-degree; a node without in-edges gets a zero
+neighbour mean, as in DGL).  DGL is imported only if installed: without it (the latest lane) each layer
+is a ``TorchHeteroSAGE``, a module with SAGEConv's parameter names, shapes and initialisation (and the
+same order of random draws), so state dicts and checkpoints are interchangeable across backends and lanes.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from dgl.nn import HeteroGraphConv, SAGEConv
+from metammf_dist.sampler.torch_graph import BipartiteGraph, Block
 
 NODE_TYPES = ("user", "item")
 EDGE_TYPES = (("user", "ui", "item"), ("item", "iu", "user"))
+EDGE_CHUNK = 1 << 22  # edges gathered at once by sage_mean (bounds the [edges, D] message buffer)
+
+
+def dgl_available() -> bool:
+    """Whether DGL (and its C++ library for this torch) loads."""
+    try:
+        import dgl.nn  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+class SAGEMean(nn.Module):
+    """Parameters of ``dgl.nn.SAGEConv(dim, dim, "mean")`` without DGL: same names, shapes, init, RNG order."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.feat_drop = nn.Dropout(0.0)
+        self.fc_neigh = nn.Linear(dim, dim, bias=False)
+        self.fc_self = nn.Linear(dim, dim, bias=True)
+        gain = nn.init.calculate_gain("relu")
+        nn.init.xavier_uniform_(self.fc_self.weight, gain=gain)
+        nn.init.xavier_uniform_(self.fc_neigh.weight, gain=gain)
+
+
+class TorchHeteroSAGE(nn.Module):
+    """Stands in for ``HeteroGraphConv({"ui": SAGEConv, "iu": SAGEConv})`` when DGL is not installed."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mods = nn.ModuleDict({"ui": SAGEMean(dim), "iu": SAGEMean(dim)})
+
+
+def sage_mean(conv: nn.Module, x_src: torch.Tensor, x_dst: torch.Tensor, src: torch.Tensor,
+              dst: torch.Tensor) -> torch.Tensor:
+    """GraphSAGE-mean of one edge type: ``fc_self(x_dst) + fc_neigh(mean of x_src over in-edges)``.
+
+    ``src``/``dst``: local indices of each edge's endpoints.  ``conv`` is a DGL ``SAGEConv(mean)`` or a
+    ``SAGEMean``.  Zero in-degree -> zero neighbour mean.  As DGL does, the neighbour projection runs
+    before aggregation when it shrinks the width.
+    """
+    n_dst = x_dst.shape[0]
+    lin_before = conv.fc_neigh.in_features > conv.fc_neigh.out_features
+    x_msg = conv.fc_neigh(x_src) if lin_before else x_src
+    total = x_msg.new_zeros(n_dst, x_msg.shape[1])
+    for lo in range(0, src.numel(), EDGE_CHUNK):
+        total = total.index_add(0, dst[lo:lo + EDGE_CHUNK], x_msg.index_select(0, src[lo:lo + EDGE_CHUNK]))
+    degree = torch.bincount(dst, minlength=n_dst).clamp_(min=1).to(total.dtype)
+    neigh = total / degree.unsqueeze(1)
+    if not lin_before:
+        neigh = conv.fc_neigh(neigh)
+    return conv.fc_self(x_dst) + neigh
+
+
+def _is_torch_graph(graph) -> bool:
+    return isinstance(graph, (Block, BipartiteGraph))
+
+
+def _torch_layer(layer: nn.Module, graph, h: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """One heterogeneous layer over a torch ``Block`` (or a whole ``BipartiteGraph``), summed per dst type."""
+    block = graph.full_block() if isinstance(graph, BipartiteGraph) else graph
+    out: Dict[str, torch.Tensor] = {}
+    for stype, etype, dtype in EDGE_TYPES:
+        src, dst = block.edges(etype)
+        x_dst = h[dtype][: block.num_dst_nodes(dtype)]  # dst nodes lead the src nodes
+        y = sage_mean(layer.mods[etype], h[stype], x_dst, src, dst)
+        out[dtype] = out[dtype] + y if dtype in out else y
+    return out
 
 
 def _layer_dropouts(dropout: Sequence[float], num_layers: int) -> List[float]:
@@ -46,28 +122,39 @@ class GCN(nn.Module):
         dropout: Sequence[float] = (0.5, 0.2),
         combine: str = "last",
         leaky_slope: float = 0.01,
+        dgl_modules: Optional[bool] = None,
     ):
+        """``dgl_modules``: build each layer from DGL's modules (True), from ``TorchHeteroSAGE`` (False), or
+        from DGL's when it is installed (None).  Parameters are the same either way; only DGL-built layers
+        can run on DGL graphs."""
         super().__init__()
         if num_layers <= 0:
             raise ValueError(f"GCN needs at least one layer, got {num_layers}")
         if combine not in ("last", "mean"):
             raise ValueError(f"GCN combine must be 'last' or 'mean', got {combine!r}")
         self.dim, self.num_layers, self.combine = dim, num_layers, combine
-        self.layers = nn.ModuleList(
-            HeteroGraphConv({"ui": SAGEConv(dim, dim, "mean"), "iu": SAGEConv(dim, dim, "mean")}, aggregate="sum")
-            for _ in range(num_layers)
-        )
+        self.uses_dgl = dgl_available() if dgl_modules is None else bool(dgl_modules)
+        if self.uses_dgl:
+            from dgl.nn import HeteroGraphConv, SAGEConv
+
+            make = lambda: HeteroGraphConv(  # noqa: E731
+                {"ui": SAGEConv(dim, dim, "mean"), "iu": SAGEConv(dim, dim, "mean")}, aggregate="sum")
+        else:
+            make = lambda: TorchHeteroSAGE(dim)  # noqa: E731
+        self.layers = nn.ModuleList(make() for _ in range(num_layers))
         self.dropouts = nn.ModuleList(nn.Dropout(p) for p in _layer_dropouts(dropout, num_layers))
         self.activation = nn.LeakyReLU(leaky_slope)
 
     def forward(self, blocks: Sequence, feats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Blocks (one per layer) + src features of ``blocks[0]`` -> features of ``blocks[-1]``'s dst nodes."""
+        """Blocks (one per layer; DGL or torch ``Block``) + src features of ``blocks[0]`` -> features of
+        ``blocks[-1]``'s dst nodes."""
         if len(blocks) != self.num_layers:
             raise ValueError(f"GCN has {self.num_layers} layers but got {len(blocks)} blocks")
         return self._propagate(list(blocks), feats)
 
     def forward_graph(self, g, feats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Full-graph propagation: ``feats`` and the result cover every user and item node of ``g``."""
+        """Full-graph propagation: ``feats`` and the result cover every user and item node of ``g`` (a DGL
+        graph or a ``BipartiteGraph``)."""
         return self._propagate([g] * self.num_layers, feats)
 
     def _propagate(self, graphs: List, feats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -80,7 +167,13 @@ class GCN(nn.Module):
         for index, (layer, graph) in enumerate(zip(self.layers, graphs)):
             # one dropout mask per node: HeteroGraphConv slices dst inputs from these same src inputs
             h = {ntype: self.dropouts[index](x) for ntype, x in h.items()}
-            h = layer(graph, h)
+            if _is_torch_graph(graph):
+                h = _torch_layer(layer, graph, h)
+            elif self.uses_dgl:
+                h = layer(graph, h)
+            else:
+                raise TypeError(f"GCN built without DGL modules got a {type(graph).__name__}: use the torch graph "
+                                "backend (train.graph_backend=torch) or build the GCN with DGL installed")
             if index < last:
                 h = {ntype: self.activation(x) for ntype, x in h.items()}
             history.append({ntype: h[ntype][: n_out[ntype]] for ntype in NODE_TYPES})

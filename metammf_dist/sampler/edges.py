@@ -18,9 +18,8 @@ positive (``pos.repeat_interleave(num_negatives)`` lines the scores up).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
-import dgl
 import torch
 
 from metammf_dist.sampler.features import prefetch
@@ -35,7 +34,7 @@ class MiniBatch:
     seed_eids: torch.Tensor  # train edge ids of the positives (ids of both "ui" and "iu")
     input_users: torch.Tensor  # global ids of the first block's src users (= output_users without blocks)
     input_items: torch.Tensor  # global ids of the first block's src items; item_feats rows follow this order
-    blocks: List[dgl.DGLHeteroGraph]  # DGL blocks, input -> output; [] for plain edge batches
+    blocks: List[Any]  # DGL blocks or torch_graph.Block objects, input -> output; [] for plain edge batches
     output_users: torch.Tensor  # global ids of the last block's dst users
     output_items: torch.Tensor  # global ids of the last block's dst items
     pos_u: torch.Tensor  # [P] indices into output_users
@@ -80,7 +79,7 @@ class EdgeBatches:
 
     kind = "edges"
 
-    def __init__(self, graph: dgl.DGLHeteroGraph, *, batch_size: int, num_negatives: int, seed: int,
+    def __init__(self, graph, *, batch_size: int, num_negatives: int, seed: int,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0):
         self.graph = graph
         self.num_users = graph.num_nodes("user")

@@ -1,8 +1,8 @@
 """Stage 4 (``--sampler full``): whole-graph blocks, every user and item recomputed every step.
 
 Takes the same edge batches as ``EdgeBatches`` (partition + negatives); gives ``num_layers`` blocks that
-each cover the entire train graph (built once with ``dgl.to_block`` over all nodes and shared by all
-steps), input and output nodes = all users and all items, and pair indices that are simply global ids.
+each cover the entire train graph (built once — ``dgl.to_block`` over all nodes for a DGL graph,
+``BipartiteGraph.full_block()`` for the torch backend — and shared by all steps), input and output nodes = all users and all items, and pair indices that are simply global ids.
 This is what the reference implementation does: full-graph propagation, then scoring of the batch pairs.
 
 Seed edges are NOT excluded here (as in the reference): a positive (u, i) contributes to u's and i's
@@ -14,16 +14,20 @@ from __future__ import annotations
 
 from typing import List
 
-import dgl
 import torch
 
 from metammf_dist.sampler.edges import EdgeBatches, MiniBatch
+from metammf_dist.sampler.torch_graph import BipartiteGraph
 
 
-def full_graph_blocks(graph: dgl.DGLHeteroGraph, num_layers: int) -> List[dgl.DGLHeteroGraph]:
+def full_graph_blocks(graph, num_layers: int) -> List:
     """``num_layers`` blocks whose src and dst nodes are all nodes and whose edges are all edges."""
     if num_layers < 1:
         raise ValueError(f"full-graph blocks need at least one layer, got {num_layers}")
+    if isinstance(graph, BipartiteGraph):
+        return [graph.full_block()] * num_layers
+    import dgl
+
     every = {ntype: torch.arange(graph.num_nodes(ntype), dtype=torch.int64) for ntype in graph.ntypes}
     return [dgl.to_block(graph, dst_nodes=every) for _ in range(num_layers)]
 
@@ -31,7 +35,7 @@ def full_graph_blocks(graph: dgl.DGLHeteroGraph, num_layers: int) -> List[dgl.DG
 class FullGraphBatches(EdgeBatches):
     kind = "full"
 
-    def __init__(self, graph: dgl.DGLHeteroGraph, *, num_layers: int, batch_size: int, num_negatives: int,
+    def __init__(self, graph, *, num_layers: int, batch_size: int, num_negatives: int,
                  seed: int, rank: int = 0, world_size: int = 1, num_workers: int = 0):
         super().__init__(graph, batch_size=batch_size, num_negatives=num_negatives, seed=seed, rank=rank,
                          world_size=world_size, num_workers=num_workers)

@@ -1,6 +1,10 @@
-"""The training graph: TRAIN interactions as a DGL user–item heterograph.
+"""The training graph: TRAIN interactions as a user–item graph, DGL heterograph or torch-only.
 
-Contract shared with the model's GCN:
+``backend="dgl"`` (default) builds a DGL heterograph; ``backend="torch"`` a ``torch_graph.BipartiteGraph``
+(no DGL needed: the latest lane).  Everything downstream (``make_batches``, the GCN) follows the graph's
+type.  DGL is imported only when the DGL backend is used.
+
+Contract shared by both backends and the model's GCN:
 
 * node types ``"user"`` (``num_users`` nodes) and ``"item"`` (``num_items`` nodes);
 * edge types ``("user", "ui", "item")`` and ``("item", "iu", "user")``;
@@ -15,14 +19,13 @@ from __future__ import annotations
 
 from typing import Tuple
 
-import dgl
 import numpy as np
 import torch
 
 from metammf_dist.errors import DataError
+from metammf_dist.sampler.torch_graph import IU, UI, BipartiteGraph
 
-UI = ("user", "ui", "item")
-IU = ("item", "iu", "user")
+BACKENDS = ("dgl", "torch")
 
 
 def _check_ids(name: str, ids: np.ndarray, count: int) -> np.ndarray:
@@ -42,8 +45,13 @@ def _check_ids(name: str, ids: np.ndarray, count: int) -> np.ndarray:
     return ids
 
 
-def build_train_graph(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> dgl.DGLHeteroGraph:
-    """Interaction ``e`` = (``users[e]``, ``items[e]``) becomes edge ``e`` of both ``ui`` and ``iu``."""
+def build_train_graph(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, backend: str = "dgl"):
+    """Interaction ``e`` = (``users[e]``, ``items[e]``) becomes edge ``e`` of both ``ui`` and ``iu``.
+
+    ``backend``: ``"dgl"`` -> ``dgl.DGLHeteroGraph``; ``"torch"`` -> ``BipartiteGraph`` (on CPU; ``.to(device)``).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"train.graph_backend: unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
     if num_users <= 0 or num_items <= 0:
         raise DataError(f"train graph: need at least one user and one item, got {num_users} users, {num_items} items")
     users = _check_ids("user", users, num_users)
@@ -52,6 +60,10 @@ def build_train_graph(users: np.ndarray, items: np.ndarray, num_users: int, num_
         raise DataError(f"train interactions: {users.size} user ids but {items.size} item ids")
     u = torch.from_numpy(np.ascontiguousarray(users))
     i = torch.from_numpy(np.ascontiguousarray(items))
+    if backend == "torch":
+        return BipartiteGraph(u.clone(), i.clone(), int(num_users), int(num_items))  # not views of the caller's arrays
+    import dgl
+
     return dgl.heterograph(
         {UI: (u, i), IU: (i, u)},
         num_nodes_dict={"user": int(num_users), "item": int(num_items)},
@@ -59,7 +71,14 @@ def build_train_graph(users: np.ndarray, items: np.ndarray, num_users: int, num_
     )
 
 
-def train_edges(graph: dgl.DGLHeteroGraph) -> Tuple[np.ndarray, np.ndarray]:
+def graph_backend(graph) -> str:
+    """``"torch"`` for a ``BipartiteGraph``, ``"dgl"`` for anything else (a DGL graph)."""
+    return "torch" if isinstance(graph, BipartiteGraph) else "dgl"
+
+
+def train_edges(graph) -> Tuple[np.ndarray, np.ndarray]:
     """(users, items) of every train interaction, indexed by edge id (int64 numpy arrays)."""
+    if isinstance(graph, BipartiteGraph):
+        return graph.edge_users.cpu().numpy(), graph.edge_items.cpu().numpy()
     u, i = graph.edges(etype=UI, order="eid")
     return u.numpy(), i.numpy()

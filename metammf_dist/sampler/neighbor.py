@@ -1,5 +1,8 @@
 """Stage 4 (GCN): uniform neighbour sampling into DGL blocks, excluding the batch's own edges.
 
+(This is the DGL backend.  ``NeighborBatches`` over a torch-backend ``BipartiteGraph`` uses
+``torch_neighbor.TorchNeighborSampler`` instead: same semantics, torch ``Block`` objects, no DGL.)
+
 Takes the output nodes of a batch (users and items of its positive and negative pairs), its seed edge
 ids and a per-step random generator; gives ``len(fanouts)`` DGL blocks (``blocks[l]`` sampled with
 ``fanouts[l]``, as in ``dgl.dataloading.NeighborSampler``) and the input nodes of the first block.
@@ -26,13 +29,14 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
-import dgl
 import numpy as np
 import torch
 
 from metammf_dist.sampler.edges import EdgeBatches, MiniBatch
 from metammf_dist.sampler.graph import IU, UI, train_edges
 from metammf_dist.sampler.partition import TAG_NEIGHBORS, derive_seed
+from metammf_dist.sampler.torch_graph import BipartiteGraph
+from metammf_dist.sampler.torch_neighbor import TorchNeighborSampler
 
 __all__ = ["MiniBatch", "NeighborBatches", "UniformNeighborSampler"]
 
@@ -150,7 +154,7 @@ def _local_ids(nodes: np.ndarray, ids: np.ndarray, num_nodes: int) -> np.ndarray
 class UniformNeighborSampler:
     """Multi-layer uniform neighbour sampler over the train graph with seed-edge exclusion."""
 
-    def __init__(self, graph: dgl.DGLHeteroGraph, fanouts: Sequence[int]):
+    def __init__(self, graph, fanouts: Sequence[int]):
         fanouts = [int(f) for f in fanouts]
         if not fanouts or any(f == 0 or f < -1 for f in fanouts):
             raise ValueError(f"train.fanouts must be positive integers (or -1 for all), got {list(fanouts)}")
@@ -162,8 +166,13 @@ class UniformNeighborSampler:
         self.into_items = _InEdges(self.edge_items, self.num_items)  # "ui" edges, grouped by item
         self.into_users = _InEdges(self.edge_users, self.num_users)  # "iu" edges, grouped by user
 
+    @staticmethod
+    def generator(seed: int) -> np.random.Generator:
+        """The per-step random stream."""
+        return np.random.Generator(np.random.PCG64(seed))
+
     def sample_blocks(self, output_users: torch.Tensor, output_items: torch.Tensor, seed_eids: torch.Tensor,
-                      rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor, List[dgl.DGLHeteroGraph]]:
+                      rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor, List]:
         """Output nodes -> (input users, input items, blocks), excluding ``seed_eids`` in both directions."""
         excluded = np.unique(seed_eids.numpy())
         is_excluded = np.zeros(self.num_edges, dtype=bool)
@@ -179,6 +188,8 @@ class UniformNeighborSampler:
                is_excluded: np.ndarray, rng: np.random.Generator):
         item_rows, ui_eids = self.into_items.sample(dst_items, fanout, excluded, is_excluded, rng)
         user_rows, iu_eids = self.into_users.sample(dst_users, fanout, excluded, is_excluded, rng)
+        import dgl
+
         ui_src, iu_src = self.edge_users[ui_eids], self.edge_items[iu_eids]
         src_users = _extend(dst_users, ui_src)
         src_items = _extend(dst_items, iu_src)
@@ -201,20 +212,27 @@ class UniformNeighborSampler:
 
 
 class NeighborBatches(EdgeBatches):
-    """Edge batches plus sampled GCN blocks: what ``--sampler neighbor`` trains on."""
+    """Edge batches plus sampled GCN blocks: what ``--sampler neighbor`` trains on.
+
+    The graph's type picks the backend: a DGL graph -> ``UniformNeighborSampler`` (DGL blocks), a
+    ``BipartiteGraph`` -> ``TorchNeighborSampler`` (torch ``Block`` objects, on the graph's device).
+    """
 
     kind = "neighbor"
 
-    def __init__(self, graph: dgl.DGLHeteroGraph, *, fanouts: Sequence[int], batch_size: int, num_negatives: int,
+    def __init__(self, graph, *, fanouts: Sequence[int], batch_size: int, num_negatives: int,
                  seed: int, rank: int = 0, world_size: int = 1, num_workers: int = 0):
         super().__init__(graph, batch_size=batch_size, num_negatives=num_negatives, seed=seed, rank=rank,
                          world_size=world_size, num_workers=num_workers)
-        self.sampler = UniformNeighborSampler(graph, fanouts)
+        if isinstance(graph, BipartiteGraph):
+            self.sampler = TorchNeighborSampler(graph, fanouts)
+        else:
+            self.sampler = UniformNeighborSampler(graph, fanouts)
         self.fanouts = self.sampler.fanouts
 
     def _make_batch(self, epoch: int, step: int, eids: torch.Tensor, negatives: torch.Tensor) -> MiniBatch:
         batch = super()._make_batch(epoch, step, eids, negatives)
-        rng = np.random.Generator(np.random.PCG64(derive_seed(self.seed, epoch, self.rank, step, TAG_NEIGHBORS)))
+        rng = self.sampler.generator(derive_seed(self.seed, epoch, self.rank, step, TAG_NEIGHBORS))
         batch.input_users, batch.input_items, batch.blocks = self.sampler.sample_blocks(
             batch.output_users, batch.output_items, eids, rng
         )

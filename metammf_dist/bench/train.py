@@ -1,0 +1,488 @@
+"""``metammf-dist bench train``: sampled mini-batches vs the full-graph mode, and ZeRO stages 0-3 on 2 ranks.
+
+Part 1 — ``train.sampler=neighbor`` (DGL-style blocks, fan-outs [10, 10]) vs ``train.sampler=full`` (every
+user and item recomputed each step, what the reference implementation does) on two synthetic catalogs shaped
+like the paper's datasets (generated once under ``--workdir`` with ``metammf_dist.data.synth``):
+
+    movielens  55,000 users,   6,000 items, 1,200,000 interactions, 2,276-d (image 2048 + audio 128 + text 100)
+    kwai       22,600 users, 330,000 items, 1,660,000 interactions, 2,148-d (image 2048 + text 100)
+
+Same model in both modes of a shape: batch 3,000, paper dims (fusion 1024 -> 512 -> 256 -> 32, ID 32 / 64),
+BPR + Adam through the DeepSpeed engine (ZeRO-0), one process.  Kwai uses CP fusion: with exact meta fusion
+the full-graph step keeps ``[330k, 5, 1024]``-sized per-layer tensors (about 7 GB for the first layer alone,
+over 20 GB per step in all) and does not fit this 24 GiB machine; MovieLens uses exact meta fusion.
+
+Each (shape, mode) runs in its own FRESH subprocess (``python -m metammf_dist.bench.train SPEC``) with
+glibc's ``MALLOC_MMAP_THRESHOLD_=65536`` (blocks >= 64 KiB are mmapped and leave the RSS when freed, so RSS
+tracks live bytes instead of what the allocator retains).  It builds the ``Trainer``, sizes the feature
+store's cache to hold the whole store (both modes then gather from RAM; the cache fills during warm-up),
+runs ``--warmup`` steps, then ``--steps`` timed steps.  Per step: sampling + feature gather + forward +
+backward + optimizer step.  Memory per step = peak RSS during the step (VmHWM, reset with
+``/proc/self/clear_refs`` before each step) minus RSS just before it: the step's working memory
+(activations, gathered features, gradients, blocks); model, optimizer states, graph and cache are in the
+"before" figure, also reported (``rss_before``) with the process's absolute peak.  Time per step = median
+of the timed steps; projected epoch = that x steps per epoch (``ceil(train interactions / batch)``).
+The variants run one after the other (sampled, then full, per shape); rerun for more samples.
+
+Part 2 — examples/s for ZeRO stages 0, 1, 2, 3: ``torchrun --nproc_per_node 2 -m metammf_dist train ...
+train.max_steps_per_epoch=N train.epochs=1`` per stage on a small synthetic catalog (gloo, 2 CPU ranks);
+examples/s is read from the run's ``metrics.csv`` (split=train rows, ``examples_per_s``), averaging the
+logged windows after the first (the first holds the warm-up).
+
+``--quick`` runs small shapes, few steps and small dims (a smoke run, not the reported figures).  Ends with
+one JSON line: ``kwai_epoch_speedup`` (target >= 3), ``kwai_peak_mem_ratio`` (full / sampled memory per
+step, target >= 5), ``movielens_epoch_speedup``, ``zero{0..3}_examples_per_s`` and the raw figures.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[2]
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+MODES = ("neighbor", "full")
+TARGETS = {"kwai_epoch_speedup": 3.0, "kwai_peak_mem_ratio": 5.0}
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    users: int
+    items: int
+    interactions: int
+    modalities: Dict[str, int]
+    fusion: str  # model.fusion used in BOTH modes of this shape
+    fusion_dims: tuple = (1024, 512, 256, 32)
+    item_id_dim: int = 32
+    user_id_dim: int = 64
+    batch_size: int = 3000
+    fanouts: tuple = (10, 10)
+
+    @property
+    def feat_dim(self) -> int:
+        return sum(self.modalities.values())
+
+
+PAPER_SHAPES = (
+    Shape("movielens", 55_000, 6_000, 1_200_000, {"image": 2048, "audio": 128, "text": 100}, fusion="meta"),
+    Shape("kwai", 22_600, 330_000, 1_660_000, {"image": 2048, "text": 100}, fusion="cp"),
+)
+# --quick: same item/user proportions, ~1/20 of the catalog, small features and dims
+QUICK_SHAPES = (
+    Shape("movielens", 2_750, 300, 60_000, {"image": 48, "audio": 8, "text": 8}, fusion="meta",
+          fusion_dims=(32, 16), item_id_dim=16, user_id_dim=32, batch_size=600),
+    Shape("kwai", 1_130, 16_500, 83_000, {"image": 48, "text": 16}, fusion="cp",
+          fusion_dims=(32, 16), item_id_dim=16, user_id_dim=32, batch_size=600),
+)
+ZERO_SHAPE = Shape("zero", 20_000, 20_000, 200_000, {"image": 64, "text": 64}, fusion="meta",
+                   fusion_dims=(256, 32))
+QUICK_ZERO_SHAPE = Shape("zero", 1_000, 1_000, 12_000, {"image": 16, "text": 8}, fusion="meta",
+                         fusion_dims=(16, 8), item_id_dim=8, user_id_dim=16, batch_size=512)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help="small shapes and few steps (smoke run)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 3, quick 2)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (fill caches, Adam states)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per training process")
+    parser.add_argument("--shapes", default="movielens,kwai", help="comma list of shapes to run")
+    parser.add_argument("--workdir", default="bench_out/train", help="synthetic datasets and run folders")
+    parser.add_argument("--zero-stages", default="0,1,2,3", help="ZeRO stages for the 2-rank part ('' = skip)")
+    parser.add_argument("--zero-steps", type=int, default=None, help="steps per ZeRO run (default 30, quick 4)")
+    parser.add_argument("--zero-log-every", type=int, default=None, help="train.log_every of the ZeRO runs")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sequential", action="store_true",
+                        help="run the two modes one after the other instead of interleaving their steps "
+                             "(needs only one of them in memory at a time)")
+
+
+# ---- data --------------------------------------------------------------------------------------------
+def ensure_dataset(shape: Shape, workdir: str, seed: int) -> str:
+    """A synthetic catalog of ``shape`` under ``workdir`` (generated once, reused when its counts match)."""
+    from metammf_dist.data.synth import SynthSpec, generate
+
+    path = Path(workdir) / f"{shape.name}-u{shape.users}-i{shape.items}-e{shape.interactions}-d{shape.feat_dim}-s{seed}"
+    meta_file = path / "dataset.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        if (meta.get("num_users"), meta.get("num_items"), meta.get("modalities")) == (
+                shape.users, shape.items, dict(shape.modalities)):
+            return str(path)
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generate(SynthSpec(num_users=shape.users, num_items=shape.items, num_interactions=shape.interactions,
+                       modalities=dict(shape.modalities), seed=seed), str(path))
+    return str(path)
+
+
+def store_mb(shape: Shape) -> int:
+    """MiB that hold the whole float16 feature store in the cache (row groups of 1,024 items, + slack)."""
+    groups = math.ceil(shape.items / 1024) + 1
+    return math.ceil(groups * 1024 * shape.feat_dim * 2 / 2**20) + 1
+
+
+def train_overrides(shape: Shape, data_path: str, run_dir: str, mode: str) -> List[str]:
+    return [
+        f"data.path={data_path}", f"run_dir={run_dir}", f"data.cache_mb={store_mb(shape)}", "data.verify=false",
+        f"model.fusion={shape.fusion}", f"model.fusion_dims={list(shape.fusion_dims)}",
+        f"model.item_id_dim={shape.item_id_dim}", f"model.user_id_dim={shape.user_id_dim}", "model.scorer=gcn",
+        f"train.batch_size={shape.batch_size}", f"train.fanouts={list(shape.fanouts)}", f"train.sampler={mode}",
+        "train.num_workers=0", f"train.ds_config={REPO / 'configs' / 'ds' / 'zero0.json'}",
+    ]
+
+
+# ---- one variant, inside its own fresh process ------------------------------------------------------
+def _status_bytes(name: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(name + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {name}")
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+class VariantWorker:
+    """One (shape, mode) training set up in this process; ``step()`` runs and measures one training step."""
+
+    def __init__(self, overrides: List[str], threads: int):
+        import torch
+
+        from metammf_dist.config import load_config
+        from metammf_dist.engine.loop import Trainer
+
+        torch.set_num_threads(threads)
+        self.cfg = load_config(None, overrides)
+        started = time.perf_counter()
+        self.trainer = Trainer(self.cfg)
+        self.setup_seconds = time.perf_counter() - started
+        self.rss_after_setup = _status_bytes("VmRSS")
+        self.trainer.engine.train()
+        self.batches = self.trainer.batches.epoch(0)  # sampling happens when it advances: inside the timing
+        self.records: List[Dict] = []
+
+    def info(self) -> Dict:
+        ds = self.trainer.ds
+        return {"setup_seconds": self.setup_seconds, "rss_after_setup": self.rss_after_setup,
+                "steps_per_epoch": int(self.trainer.batches.num_batches(0)), "num_items": ds.num_items,
+                "num_users": ds.num_users, "train_interactions": ds.num_interactions("train")}
+
+    def step(self) -> Dict:
+        import torch
+
+        from metammf_dist.engine.loop import _step_seed
+        from metammf_dist.sampler.features import attach_features
+
+        engine, step = self.trainer.engine, len(self.records)
+        torch.manual_seed(_step_seed(self.cfg.train.seed, 0, step, 0))
+        before = _status_bytes("VmRSS")
+        _reset_peak()
+        t0 = time.perf_counter()
+        batch = next(self.batches)
+        attach_features(batch, self.trainer.store)
+        loss = engine(batch)
+        engine.backward(loss)
+        engine.step()
+        seconds = time.perf_counter() - t0
+        peak = _status_bytes("VmHWM")
+        record = {"step": step, "seconds": seconds, "rss_before": before, "step_peak_bytes": peak - before,
+                  "peak_rss": peak, "input_items": batch.num_input_items, "input_users": batch.num_input_users,
+                  "loss": float(loss.detach())}
+        self.records.append(record)
+        return record
+
+
+def summarize_variant(info: Dict, records: List[Dict], warmup: int) -> Dict:
+    """Median step time, worst step memory and mean fused items over the timed (post-warm-up) steps."""
+    timed = records[warmup:] or records
+    return {
+        **info,
+        "seconds_per_step": statistics.median(r["seconds"] for r in timed),
+        "seconds_per_step_min": min(r["seconds"] for r in timed),
+        "step_peak_bytes": max(r["step_peak_bytes"] for r in timed),
+        "rss_before_step": max(r["rss_before"] for r in timed),
+        "peak_rss": max(r["peak_rss"] for r in records),
+        "input_items_per_step": statistics.mean(r["input_items"] for r in timed),
+        "input_users_per_step": statistics.mean(r["input_users"] for r in timed),
+        "steps": records,
+        "memory_method": "VmHWM reset per step (clear_refs) minus VmRSS before the step; " + json.dumps(MEMORY_ENV),
+    }
+
+
+def _child_env(threads: int, extra: Optional[dict] = None) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **(extra or {}))
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+class WorkerProcess:
+    """A ``VariantWorker`` in a fresh subprocess, driven one step at a time over stdin/stdout (JSON lines)."""
+
+    def __init__(self, overrides: List[str], threads: int):
+        spec = json.dumps({"overrides": overrides, "threads": threads})
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty worker never blocks
+        self.proc = subprocess.Popen([sys.executable, "-m", "metammf_dist.bench.train", spec], cwd=REPO,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                     env=_child_env(threads, MEMORY_ENV))
+        self.info = self._reply()
+
+    def _reply(self) -> Dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.proc.wait()
+                self.stderr.seek(0)
+                err = self.stderr.read()
+                raise RuntimeError(f"bench train worker failed ({self.proc.returncode}):\n{err[-4000:]}")
+            if line.startswith(_REPLY):
+                return json.loads(line[len(_REPLY):])
+
+    def step(self) -> Dict:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+
+_REPLY = "@@bench-train@@ "
+
+
+def measure_pair(overrides_by_mode: Dict[str, List[str]], warmup: int, steps: int, threads: int,
+                 interleave: bool = True, log=None) -> Dict[str, Dict]:
+    """Both modes of a shape, each in its own fresh process.  ``interleave``: both processes stay up and step
+    in turn (A, B, A, B, ...: same machine load for both; needs both in memory at once); else one after
+    the other."""
+    results: Dict[str, Dict] = {}
+    workers: Dict[str, WorkerProcess] = {}
+    try:
+        if interleave:
+            for mode, overrides in overrides_by_mode.items():  # set up one at a time: setup peaks do not overlap
+                workers[mode] = WorkerProcess(overrides, threads)
+            records: Dict[str, List[Dict]] = {mode: [] for mode in workers}
+            for step in range(warmup + steps):
+                for mode, worker in workers.items():
+                    records[mode].append(worker.step())
+                    if log:
+                        log(f"    {mode:8s} step {step}: {records[mode][-1]['seconds']:.2f} s")
+            for mode, worker in workers.items():
+                results[mode] = summarize_variant(worker.info, records[mode], warmup)
+        else:
+            for mode, overrides in overrides_by_mode.items():
+                worker = workers[mode] = WorkerProcess(overrides, threads)
+                recs = [worker.step() for _ in range(warmup + steps)]
+                worker.close()
+                results[mode] = summarize_variant(worker.info, recs, warmup)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return results
+
+
+def serve(spec: Dict) -> None:
+    """Worker side of ``WorkerProcess``: set up, then one measured step per ``step`` line on stdin."""
+    worker = VariantWorker(spec["overrides"], spec["threads"])
+    print(_REPLY + json.dumps(worker.info()), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "step":
+            print(_REPLY + json.dumps(worker.step()), flush=True)
+
+
+# ---- part 2: ZeRO stages on 2 ranks --------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def zero_examples_per_s(stage: int, data_path: str, run_dir: str, shape: Shape, steps: int, log_every: int,
+                        threads: int) -> Dict:
+    """examples/s of a 2-rank torchrun training at ZeRO ``stage`` (from its metrics.csv)."""
+    run = Path(run_dir)
+    if run.exists():
+        shutil.rmtree(run)
+    overrides = train_overrides(shape, data_path, str(run), "neighbor")
+    overrides = [o for o in overrides if not o.startswith("train.ds_config=")] + [
+        f"train.ds_config={REPO / 'configs' / 'ds' / f'zero{stage}.json'}", f"train.max_steps_per_epoch={steps}",
+        "train.epochs=1", f"train.log_every={log_every}", "train.eval_every=1", "eval.user_chunk=1024",
+    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "metammf_dist", "train", str(REPO / "configs" / "tiktok.yaml"), *overrides]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_child_env(max(1, threads // 2)))
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"ZeRO-{stage} run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    with (run / "metrics.csv").open() as fh:
+        rates = [float(r["examples_per_s"]) for r in csv.DictReader(fh) if r["split"] == "train" and r["examples_per_s"]]
+    if not rates:
+        raise RuntimeError(f"ZeRO-{stage} run logged no training window (steps {steps}, log_every {log_every})")
+    kept = rates[1:] or rates
+    return {"stage": stage, "examples_per_s": statistics.mean(kept), "windows": rates, "wall_seconds": wall}
+
+
+# ---- the whole benchmark -----------------------------------------------------------------------------
+def summarize_shape(sampled: Dict, full: Dict) -> Dict:
+    def ratio(a: float, b: float) -> float:
+        return a / b if b > 0 else float("inf")
+
+    return {
+        "epoch_speedup": ratio(full["seconds_per_step"], sampled["seconds_per_step"]),
+        "peak_mem_ratio": ratio(full["step_peak_bytes"], sampled["step_peak_bytes"]),
+        "peak_rss_ratio": ratio(full["peak_rss"], sampled["peak_rss"]),
+        "sampled_item_fraction": sampled["input_items_per_step"] / sampled["num_items"],
+    }
+
+
+def run_benchmark(quick: bool = False, steps: Optional[int] = None, warmup: int = 1, threads: int = 2,
+                  shapes: Optional[List[str]] = None, workdir: str = "bench_out/train", zero_stages=(0, 1, 2, 3),
+                  zero_steps: Optional[int] = None, zero_log_every: Optional[int] = None, seed: int = 1,
+                  interleave: bool = True, log=print) -> Dict:
+    steps = steps if steps is not None else (2 if quick else 3)
+    zero_steps = zero_steps if zero_steps is not None else (4 if quick else 30)
+    zero_log_every = zero_log_every if zero_log_every is not None else max(1, zero_steps // 6 if not quick else 2)
+    catalog = {s.name: s for s in (QUICK_SHAPES if quick else PAPER_SHAPES)}
+    names = shapes if shapes is not None else list(catalog)
+    unknown = [n for n in names if n not in catalog]
+    if unknown:
+        raise ValueError(f"unknown shape(s) {unknown} (known: {', '.join(catalog)})")
+    workdir = os.path.abspath(workdir + ("/quick" if quick else ""))
+    runs = tempfile.mkdtemp(prefix="runs-", dir=_ensure(workdir))
+    out: Dict = {"variants": {}, "shapes": {}, "zero": {}, "quick": quick, "steps": steps, "warmup": warmup,
+                 "threads": threads, "interleaved": interleave}
+    try:
+        for name in names:
+            shape = catalog[name]
+            log(f"[{name}] dataset: {shape.users:,} users, {shape.items:,} items, {shape.interactions:,} interactions, "
+                f"{shape.feat_dim}-d, fusion {shape.fusion}")
+            path = ensure_dataset(shape, workdir, seed)
+            started = time.perf_counter()
+            results = measure_pair({mode: train_overrides(shape, path, f"{runs}/{name}-{mode}", mode) for mode in MODES},
+                                   warmup, steps, threads, interleave=interleave, log=log)
+            for mode, res in results.items():
+                res.update(shape=asdict(shape), mode=mode)
+                out["variants"][f"{name}_{mode}"] = res
+                log(f"[{name}] {mode:8s} {res['seconds_per_step']:.2f} s/step, step memory "
+                    f"{res['step_peak_bytes'] / 2**20:,.0f} MiB, {res['input_items_per_step']:,.0f} items fused/step")
+            log(f"[{name}] {time.perf_counter() - started:.0f} s wall")
+            out["shapes"][name] = summarize_shape(results["neighbor"], results["full"])
+        zshape = QUICK_ZERO_SHAPE if quick else ZERO_SHAPE
+        if zero_stages:
+            zpath = ensure_dataset(zshape, workdir, seed)
+            for stage in zero_stages:
+                res = zero_examples_per_s(stage, zpath, f"{runs}/zero{stage}", zshape, zero_steps, zero_log_every,
+                                          threads)
+                out["zero"][stage] = res
+                log(f"[zero] stage {stage}: {res['examples_per_s']:,.0f} examples/s (2 ranks, {res['wall_seconds']:.0f} s wall)")
+        out["zero_shape"] = asdict(zshape)
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+    out["summary"] = _summary(out)
+    return out
+
+
+def _ensure(path: str) -> str:
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _summary(out: Dict) -> Dict:
+    s: Dict = {}
+    for name, figures in out["shapes"].items():
+        s[f"{name}_epoch_speedup"] = figures["epoch_speedup"]
+        s[f"{name}_peak_mem_ratio"] = figures["peak_mem_ratio"]
+        s[f"{name}_peak_rss_ratio"] = figures["peak_rss_ratio"]
+        s[f"{name}_sampled_item_fraction"] = figures["sampled_item_fraction"]
+    for key, res in out["variants"].items():
+        s[f"{key}_s_per_step"] = res["seconds_per_step"]
+        s[f"{key}_step_mem_mib"] = res["step_peak_bytes"] / 2**20
+        s[f"{key}_peak_rss_mib"] = res["peak_rss"] / 2**20
+        s[f"{key}_items_per_step"] = res["input_items_per_step"]
+        s[f"{key}_epoch_s"] = res["seconds_per_step"] * res["steps_per_epoch"]
+    for stage, res in out["zero"].items():
+        s[f"zero{stage}_examples_per_s"] = res["examples_per_s"]
+    s.update(quick=out["quick"], steps=out["steps"], warmup=out["warmup"], threads=out["threads"],
+             interleaved=out["interleaved"])
+    if not out["quick"]:
+        s["targets_met"] = all(s.get(k, 0.0) >= v for k, v in TARGETS.items())
+    return s
+
+
+def format_variants(out: Dict) -> str:
+    header = ("shape", "mode", "fusion", "items fused/step", "% catalog", "s/step", "steps/epoch", "epoch (proj.)",
+              "step mem MiB", "RSS before MiB", "peak RSS MiB")
+    rows = []
+    for res in out["variants"].values():
+        epoch = res["seconds_per_step"] * res["steps_per_epoch"]
+        rows.append((res["shape"]["name"], res["mode"], res["shape"]["fusion"], f"{res['input_items_per_step']:,.0f}",
+                     f"{100 * res['input_items_per_step'] / res['num_items']:.1f}", f"{res['seconds_per_step']:.2f}",
+                     str(res["steps_per_epoch"]), _duration(epoch), f"{res['step_peak_bytes'] / 2**20:,.0f}",
+                     f"{res['rss_before_step'] / 2**20:,.0f}", f"{res['peak_rss'] / 2**20:,.0f}"))
+    widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) if c < 3 else str(v).rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
+             for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def run(args) -> int:
+    shapes = [s.strip() for s in str(args.shapes).split(",") if s.strip()]
+    stages = [int(s) for s in str(args.zero_stages).split(",") if s.strip()]
+    out = run_benchmark(quick=args.quick, steps=args.steps, warmup=args.warmup, threads=args.threads, shapes=shapes,
+                        workdir=args.workdir, zero_stages=stages, zero_steps=args.zero_steps,
+                        zero_log_every=args.zero_log_every, seed=args.seed, interleave=not args.sequential)
+    print()
+    print(f"sampled (neighbor, fan-outs {list(next(iter(out['variants'].values()))['shape']['fanouts']) if out['variants'] else '-'}) "
+          f"vs full-graph steps, 1 process each, {out['threads']} threads, median of {out['steps']} steps after "
+          f"{out['warmup']} warm-up, {'steps interleaved' if out['interleaved'] else 'one mode after the other'}; step mem = peak RSS during the step - RSS before it (fresh process per variant, "
+          f"{MEMORY_ENV})")
+    if out["variants"]:
+        print(format_variants(out))
+    for name, fig in out["shapes"].items():
+        print(f"{name}: full / sampled: epoch {fig['epoch_speedup']:.2f}x, step memory {fig['peak_mem_ratio']:.2f}x, "
+              f"process peak RSS {fig['peak_rss_ratio']:.2f}x; a sampled step fuses "
+              f"{100 * fig['sampled_item_fraction']:.1f}% of the catalog")
+    for stage, res in out["zero"].items():
+        print(f"ZeRO-{stage}, 2 CPU ranks (torchrun, gloo): {res['examples_per_s']:,.0f} examples/s "
+              f"(windows {[round(r) for r in res['windows']]})")
+    print(json.dumps(out["summary"]))
+    return 0
+
+
+if __name__ == "__main__":
+    serve(json.loads(sys.argv[1]))
