@@ -41,7 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     # `kill -USR1 <pid>` prints every thread's stack: the first thing to look at when a rank seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a trailing `key=value ...` positional once an option follows the first
+    # positional (`train CONFIG --resume a=b`); such leftovers are overrides too.
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)

@@ -14,6 +14,12 @@ exclusion in both directions, ``--fanouts``, ``--batch`` positive edges per step
            of ours: its CPU draws are not reproducible (see ``sampler/neighbor.py``), and its exclusion
            drops seed edges after drawing (fewer than ``fanout`` neighbours at nodes touching a seed).
 
+Threads: ``--threads 1`` by default, the same for all sides.  A sampler shares the cores with training (or
+runs in the prefetch thread beside it), and on an oversubscribed machine OpenMP's spin-waiting makes every
+multi-threaded side erratic (measured here on 2 shared cores at load 8: 2 threads cut the torch side and
+DGL's own sampler 3-4x, while ``OMP_WAIT_POLICY=PASSIVE`` or 1 thread did not); ``--threads 2`` on an idle
+machine measures the parallel case.
+
 Each is timed over the same ``--steps`` steps (edge batches of epoch 0), best of ``--repeats`` passes, with
 the sides interleaved pass by pass so that load from other processes hits all of them alike.  Without DGL
 installed only the torch side runs.  Prints a table and ends with one JSON line: steps/s and sampled
@@ -40,7 +46,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--fanouts", type=str, default="10,10")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per pass")
     parser.add_argument("--repeats", type=int, default=3, help="passes per side (the best is reported)")
-    parser.add_argument("--threads", type=int, default=0, help="torch/DGL CPU threads (0 = leave as is)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch/DGL CPU threads (0 = leave as is); see the module docstring")
     parser.add_argument("--device", default="cpu", help="device of the torch backend's graph (cpu | cuda)")
     parser.add_argument("--no-dgl-native", action="store_true", help="skip DGL's own sampler (reference column)")
     parser.add_argument("--seed", type=int, default=0)

@@ -44,9 +44,8 @@ def run(args) -> int:
     for lo in range(0, ds.num_users, cfg.eval.user_chunk):
         hi = min(lo + cfg.eval.user_chunk, ds.num_users)
         scores = user_vecs[lo:hi] @ item_vecs.T
-        for r in range(lo, hi):
-            seen = excl.indices[excl.indptr[r]:excl.indptr[r + 1]]
-            scores[r - lo, seen] = -float("inf")
+        _, seen_items, seen_rows = excl.gather(torch.arange(lo, hi))
+        scores[seen_rows, seen_items] = -float("inf")  # train + valid items are never recommended
         top = torch.topk(scores, k, dim=1)
         cols["user"].append(np.repeat(np.arange(lo, hi), k))
         cols["rank"].append(np.tile(np.arange(k), hi - lo))

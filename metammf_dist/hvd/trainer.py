@@ -1,0 +1,144 @@
+"""The Horovod training loop: rank-disjoint batches -> BPR loss -> allreduce-averaged Adam step -> evaluation.
+
+Per epoch: ``train.max_steps_per_epoch`` (0 = all) steps of this rank's batches; every ``train.eval_every``
+epochs rank 0 ranks the valid split in full and broadcasts ``eval.metric``, so every rank makes the same
+early-stopping decision (``train.patience``); the best state dict is kept in memory on every rank (the
+replicas are identical) and written by rank 0.  At the end the best state is loaded and rank 0 ranks the
+test split.  The graph backend comes from ``train.graph_backend`` (the latest lane has no DGL: ``torch``).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from metammf_dist.config import Config
+from metammf_dist.data.dataset import Dataset
+from metammf_dist.data.feature_stats import feature_moments
+from metammf_dist.engine.inference import compute_vectors, split_csr
+from metammf_dist.engine.objective import BPRObjective
+from metammf_dist.evaluation.ranking import evaluate_full_ranking
+from metammf_dist.model.registry import build_model
+from metammf_dist.sampler import make_batches
+from metammf_dist.sampler.features import attach_features
+from metammf_dist.sampler.graph import build_train_graph
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The torch seed of one step (dropout); the same formula as the DeepSpeed trainer's."""
+    return (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**63 - 1)
+
+
+class HorovodTrainer:
+    def __init__(self, cfg: Config):
+        import horovod.torch as hvd
+
+        self.hvd = hvd
+        hvd.init()
+        self.cfg = cfg
+        self.rank, self.size = hvd.rank(), hvd.size()
+        self.device = torch.device("cuda", hvd.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.ds = Dataset.open(cfg.data.path, storage_options=cfg.data.storage_options or None)
+        self.store = self.ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
+        train_u, train_i = self.ds.interactions("train")
+        backend = getattr(cfg.train, "graph_backend", "dgl")
+        self.graph = build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items, backend=backend)
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim)
+        if cfg.model.feature_norm == "standardize":
+            self.model.set_feature_stats(*feature_moments(self.store))
+        self.model.to(self.device)
+        self.objective = BPRObjective(self.model)
+        hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=self.model.named_parameters(),
+                                                  op=hvd.Average)
+        hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
+        kind = "full" if cfg.train.sampler == "full" else ("neighbor" if cfg.model.scorer == "gcn" else "edges")
+        self.batches = make_batches(
+            kind, self.graph, fanouts=cfg.train.fanouts, batch_size=cfg.train.batch_size,
+            num_negatives=cfg.train.num_negatives, seed=cfg.train.seed, rank=self.rank, world_size=self.size,
+            num_workers=cfg.train.num_workers,
+        )
+        self.out_dir = Path(cfg.run_dir) / "hvd"
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- public -----------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        best_metric, best_epoch, bad = -math.inf, -1, 0
+        best_state: Optional[dict] = None
+        for epoch in range(cfg.train.epochs):
+            start = time.perf_counter()
+            loss = self._train_epoch(epoch)
+            if (epoch + 1) % max(cfg.train.eval_every, 1) and epoch + 1 != cfg.train.epochs:
+                continue
+            metrics = self.evaluate("valid") if self.rank == 0 else None
+            metrics = self.hvd.broadcast_object(metrics, root_rank=0)
+            value = float(metrics[cfg.eval.metric])
+            if value > best_metric:
+                best_metric, best_epoch, bad = value, epoch + 1, 0
+                best_state = copy.deepcopy(self.model.state_dict())
+                if self.rank == 0:
+                    torch.save(best_state, self.out_dir / "best_model.pt")
+            else:
+                bad += 1
+            self._log({"epoch": epoch + 1, "split": "valid", "train_loss": loss,
+                       "epoch_s": time.perf_counter() - start, **metrics})
+            if bad >= cfg.train.patience:
+                break
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        test = self.evaluate("test") if self.rank == 0 else None
+        test = dict(self.hvd.broadcast_object(test, root_rank=0), best_epoch=best_epoch, world_size=self.size)
+        if self.rank == 0:
+            (self.out_dir / "final_metrics.json").write_text(json.dumps(test, indent=1, sort_keys=True))
+        return test
+
+    def evaluate(self, split: str) -> dict:
+        """Full ranking of ``split`` by this process alone (rank 0 calls it)."""
+        exclude = ["train"] if split == "valid" else ["train", "valid"]
+        truth, excl, users = split_csr(self.ds, split, exclude)
+        user_vecs, item_vecs = compute_vectors(self.model, self.store, self.graph, self.ds.num_users,
+                                               self.ds.num_items, item_chunk=self.cfg.eval.item_chunk,
+                                               device=self.device)
+        metrics = evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=tuple(self.cfg.eval.ks),
+                                        user_chunk=self.cfg.eval.user_chunk)
+        return {k: float(v) for k, v in metrics.items()}
+
+    # -- one epoch --------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> float:
+        cfg = self.cfg
+        self.model.train()
+        n_steps = self.batches.num_batches(epoch)
+        if cfg.train.max_steps_per_epoch:
+            n_steps = min(n_steps, cfg.train.max_steps_per_epoch)
+        total, steps = 0.0, 0
+        for batch in self.batches.epoch(epoch, store=self.store):
+            if batch.step >= n_steps:
+                break
+            torch.manual_seed(step_seed(cfg.train.seed, epoch, batch.step, self.rank))
+            attach_features(batch, self.store)
+            if self.device.type != "cpu":
+                batch = batch.to(self.device, non_blocking=True)
+            self.optimizer.zero_grad()
+            loss = self.objective(batch)
+            loss.backward()
+            self.optimizer.step()
+            total, steps = total + float(loss.detach()), steps + 1
+        return float(self.hvd.allreduce(torch.tensor(total / max(steps, 1)), name="epoch_loss"))
+
+    def _log(self, record: dict) -> None:
+        if self.rank == 0:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+            print(f"epoch {record['epoch']}: valid {self.cfg.eval.metric}={record[self.cfg.eval.metric]:.4f} "
+                  f"loss={record['train_loss']:.4f} ({record['epoch_s']:.1f}s)", flush=True)
