@@ -498,3 +498,23 @@ def test_two_hop_node_frequencies_match_dgl_neighbor_sampler(pairs, tgraph):
         z = (a[cells] - b[cells]) / np.sqrt(2 * draws * pooled * (1 - pooled)).clip(min=1e-9)
         stat, df = float((z ** 2).sum()), int(cells.sum())
         assert df > 10 and chi2_z(stat, df) < 4, (nt, stat, df)
+
+
+def test_sampler_benchmark_tiny(capsys):
+    """``metammf-dist bench sampler`` at toy size: runs every side available and ends with its JSON line."""
+    import argparse
+    import json
+
+    from metammf_dist.bench import sampler as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--users", "400", "--items", "300", "--edges", "5000", "--batch", "256", "--steps", "3",
+                              "--repeats", "1", "--fanouts", "4,3"])
+    assert bench.run(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["edges"] == 5000 and out["torch_steps_per_s"] > 0
+    if dgl_available():
+        assert out["dgl_steps_per_s"] > 0 and out["dgl_native_steps_per_s"] > 0 and out["torch_vs_dgl"] > 0
+    else:
+        assert out["torch_vs_dgl"] is None

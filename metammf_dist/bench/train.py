@@ -8,9 +8,10 @@ like the paper's datasets (generated once under ``--workdir`` with ``metammf_dis
     kwai       22,600 users, 330,000 items, 1,660,000 interactions, 2,148-d (image 2048 + text 100)
 
 Same model in both modes of a shape: batch 3,000, paper dims (fusion 1024 -> 512 -> 256 -> 32, ID 32 / 64),
-BPR + Adam through the DeepSpeed engine (ZeRO-0), one process.  Kwai uses CP fusion: with exact meta fusion
-the full-graph step keeps ``[330k, 5, 1024]``-sized per-layer tensors (about 7 GB for the first layer alone,
-over 20 GB per step in all) and does not fit this 24 GiB machine; MovieLens uses exact meta fusion.
+BPR + Adam through the DeepSpeed engine (ZeRO-0), one process.  Kwai uses CP fusion in both modes: with exact
+meta fusion the full-graph step keeps ``[330k, 5, 1024]``-sized per-layer tensors (7 GB for the first layer
+alone); ``metammf-dist plan`` predicts a 28.7 GiB peak for it (CP: 13.8 GiB), more than this 24 GiB machine.
+MovieLens uses exact meta fusion.
 
 Each (shape, mode) runs in its own FRESH subprocess (``python -m metammf_dist.bench.train SPEC``) with
 glibc's ``MALLOC_MMAP_THRESHOLD_=65536`` (blocks >= 64 KiB are mmapped and leave the RSS when freed, so RSS

@@ -2,8 +2,9 @@
 
 The same model, sampler, objective and evaluation as ``metammf-dist train``; only the data-parallel layer
 differs: ``horovod.torch.DistributedOptimizer`` (gradients averaged by allreduce over Gloo, or NCCL on
-GPUs) around ``torch.optim.Adam``, with ``broadcast_parameters`` / ``broadcast_optimizer_state`` from
-rank 0 at the start.  Ranks take rank-disjoint edge batches (``EdgePartition``), exactly as under
+GPUs) around ``torch.optim.Adam``, with ``broadcast_parameters`` from rank 0 at the start (the fresh
+optimizer states are equal everywhere; ``broadcast_optimizer_state`` is avoided because it initializes
+them with a zero-gradient step, which moves the parameters when weight decay is on).  Ranks take rank-disjoint edge batches (``EdgePartition``), exactly as under
 DeepSpeed, and dropout is seeded per (seed, epoch, step, rank) as in ``engine/loop.py``, so a Horovod run
 follows the same trajectory as a DeepSpeed ZeRO-0 run with the same config and world size.
 

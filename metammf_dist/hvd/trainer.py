@@ -60,7 +60,8 @@ class HorovodTrainer:
         optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=self.model.named_parameters(),
                                                   op=hvd.Average)
-        hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
+        # No hvd.broadcast_optimizer_state: every rank's Adam starts empty, and that call would first take a
+        # zero-gradient step to create the state, which with weight decay moves every parameter.
         kind = "full" if cfg.train.sampler == "full" else ("neighbor" if cfg.model.scorer == "gcn" else "edges")
         self.batches = make_batches(
             kind, self.graph, fanouts=cfg.train.fanouts, batch_size=cfg.train.batch_size,
@@ -82,7 +83,8 @@ class HorovodTrainer:
             if (epoch + 1) % max(cfg.train.eval_every, 1) and epoch + 1 != cfg.train.epochs:
                 continue
             metrics = self.evaluate("valid") if self.rank == 0 else None
-            metrics = self.hvd.broadcast_object(metrics, root_rank=0)
+            # an explicit name: the default (the object's type) differs between rank 0 and the others
+            metrics = self.hvd.broadcast_object(metrics, root_rank=0, name=f"valid{epoch}")
             value = float(metrics[cfg.eval.metric])
             if value > best_metric:
                 best_metric, best_epoch, bad = value, epoch + 1, 0
@@ -98,7 +100,8 @@ class HorovodTrainer:
         if best_state is not None:
             self.model.load_state_dict(best_state)
         test = self.evaluate("test") if self.rank == 0 else None
-        test = dict(self.hvd.broadcast_object(test, root_rank=0), best_epoch=best_epoch, world_size=self.size)
+        test = dict(self.hvd.broadcast_object(test, root_rank=0, name="test"), best_epoch=best_epoch,
+                    world_size=self.size)
         if self.rank == 0:
             (self.out_dir / "final_metrics.json").write_text(json.dumps(test, indent=1, sort_keys=True))
         return test

@@ -9,9 +9,12 @@ ids and a per-step random generator; gives ``len(fanouts)`` DGL blocks (``blocks
 
 Semantics are those of ``dgl.dataloading.as_edge_prediction_sampler(NeighborSampler(fanouts),
 exclude="reverse_types", reverse_etypes={"ui": "iu", "iu": "ui"})``: in every layer each dst node keeps
-``min(fanout, degree)`` in-edges drawn uniformly without replacement (``-1`` = all), from its in-edges
-minus the seed edges of the batch in both directions, so a positive (u, i) never reaches its own score
-through the graph.  Blocks follow DGL's conventions: the first ``num_dst_nodes`` src nodes are the dst
+``min(fanout, usable degree)`` in-edges drawn uniformly without replacement (``-1`` = all), from its
+in-edges minus the seed edges of the batch in both directions, so a positive (u, i) never reaches its own
+score through the graph.  One difference, on purpose: DGL 2.1 draws ``fanout`` among ALL in-edges and
+drops the excluded ones afterwards, so a node touching a seed edge keeps fewer than ``fanout``; here the
+draw is among the usable edges only — the law of DGL's sampler on the graph with the seed edges removed
+(``tests/test_torch_backend.py`` pins both).  Blocks follow DGL's conventions: the first ``num_dst_nodes`` src nodes are the dst
 nodes, ``srcdata/dstdata[dgl.NID]`` hold global node ids, ``edata[dgl.EID]`` train edge ids.
 
 Why not DGL's own sampler: on CPU its results are not reproducible, which resume equivalence needs.

@@ -1,0 +1,599 @@
+"""Per-rank memory model of a MetaMMF training run: what ``metammf-dist plan`` prints.
+
+``plan_memory(cfg, workload, world_size, zero_stage, offload)`` returns a ``Plan``: a list of ``Component``
+byte counts, each tagged with the phase in which it is alive:
+
+* ``persistent`` — the whole run: runtime (Python + torch + DGL + DeepSpeed, measured once), interactions,
+  graph and sampler arrays, feature-store cache, model states (parameters, Adam states, ZeRO buffers);
+* ``backward`` — the training step up to the end of backward: the batch (features, blocks), activations
+  saved by the forward pass, parameter gradients, ZeRO-3's gathered module;
+* ``optimizer`` — after backward: gradient flattening/reduction and Adam's temporaries;
+* ``inference`` — evaluation's first half: every user/item vector, the full-graph GCN pass, the CSRs;
+* ``ranking`` — its second half: the vectors, the CSRs and one chunk of scores (users x all items);
+* ``setup`` — building the trainer (dataset load, full-graph blocks).
+
+Peak per rank = persistent + the largest phase.  Bytes are float32 (4) unless noted; the formulas
+follow the code (``model/fusion.py``, ``model/gcn.py``, ``sampler/*``, ``engine/*``, DeepSpeed 0.18's ZeRO
+optimizers) and their constants were calibrated against measured peak RSS (``tests/test_planner.py``).
+
+Model states by ZeRO stage (P parameters, N ranks, client ``torch.optim.Adam`` in fp32, its single-tensor
+CPU path):
+
+    stage 0   params 4P, Adam 8P persistent; grads 4P; N > 1: a flattened all-reduce copy 4P
+    stage 1   flat params 4P + fp32 master 4P/N + Adam 8P/N; grads 4P until reduced, then a flat 4P/N
+    stage 2   as stage 1, but gradients leave backward partitioned (4P/N) through a reduce bucket
+    stage 3   params 4P/N (tensors under ``stage3_param_persistence_threshold`` stay whole) + master 4P/N
+              + Adam 8P/N + grad partition 4P/N; during its forward and backward a module's FULL
+              parameters are gathered (the whole user or item ID table: ``ColdStartEmbedding`` and
+              ``nn.Embedding`` are single modules) plus its full gradient before the reduce-scatter.
+    offload   optimizer states + master (and stage-3 params) move to host memory: on a CPU run the
+              RSS stays (plus a host copy buffer); on GPUs they leave the device.
+
+Activations come from the block sizes of a step: unique input users/items per layer and sampled edges.
+They are estimated from the train degree distribution (``expected_blocks``: each hop reaches a node
+with probability ``1 - exp(-sampled edges x degree / E)``; nodes of equal degree share that probability,
+so the estimate runs over degree histograms and scales to 100M nodes), or measured by running the real
+sampler for a few steps (``probe_blocks``).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from metammf_dist.config import Config
+from metammf_dist.model.summary import count_parameters
+
+FLOAT = 4
+INDEX = 8
+# RSS of a process that imported torch 2.2.1 + dgl 2.1.0 + deepspeed 0.18.2 + metammf_dist.engine.loop and
+# built an empty DeepSpeed engine (shm comm op loaded), measured on this project's CI machine (x86-64, CPU
+# torch); ``measure_runtime_baseline()`` re-measures it on another machine, ``plan --baseline-mb`` sets it.
+RUNTIME_BASELINE_BYTES = 700 << 20
+# Calibrated constants (bytes per unit), from measurements with the current code:
+INTERACTION_TABLE_BYTES = 38  # per interaction (all splits): Parquet -> numpy columns + Arrow pool residue
+TRAIN_COPY_BYTES = 16  # per train interaction: the (user, item) int64 copies the trainer keeps
+SAMPLER_BYTES_PER_EDGE = 32  # neighbour sampler: per-direction CSC eids + positions (2 x 2 x int64)
+EPOCH_BYTES_PER_EDGE = 8  # epoch permutation; + 8 per negative (the epoch's negatives)
+CSC_BYTES_PER_EDGE = 32  # DGL in-CSR formats of both edge types (indices + eids), created by full-graph GCN
+CSC_BYTES_PER_NODE = 16
+BLOCK_BYTES_PER_EDGE = 48  # a DGL block: src, dst, EID int64 + the CSC it builds for message passing
+FULL_BLOCK_BYTES_PER_EDGE = 96  # dgl.to_block of the whole graph (both edge types) + its CSC
+TO_BLOCK_TRANSIENT_PER_EDGE = 240  # dgl.to_block over the whole graph, while it runs
+SPLIT_CSR_TRANSIENT_PER_EDGE = 72  # build_csr of the exclusion/truth CSRs (unique of keys), while it runs
+ADAM_TEMPS = 3  # torch 2.2 single-tensor Adam: grad + wd*param, sqrt(v), sqrt(v)/bc -> 3 temporaries
+GRAD_BACKWARD_EXTRA = 1.0  # largest activation's gradient alive next to the saved activations
+DEFAULT_BUCKET = 500_000_000  # DeepSpeed reduce/allreduce bucket (elements)
+DEFAULT_PERSISTENCE = 100_000  # stage3_param_persistence_threshold (elements)
+
+PHASES = ("persistent", "setup", "backward", "optimizer", "inference", "ranking")
+
+
+@dataclass
+class Component:
+    name: str
+    bytes: float
+    phase: str  # one of PHASES
+    where: str = "host"  # host | device (device = the accelerator; on a CPU run both are RSS)
+    note: str = ""
+
+
+# ---- degree distributions ------------------------------------------------------------------------------
+@dataclass
+class DegreeHistogram:
+    """Distinct degree values and how many nodes have each (float64: scaled histograms are fractional)."""
+
+    degrees: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def from_ids(cls, ids: np.ndarray, num_nodes: int) -> "DegreeHistogram":
+        deg = np.bincount(np.asarray(ids, dtype=np.int64), minlength=num_nodes)
+        values, counts = np.unique(deg, return_counts=True)
+        return cls(values.astype(np.float64), counts.astype(np.float64))
+
+    @classmethod
+    def zipf(cls, num_nodes: int, total: float, exponent: float = 0.9, bins: int = 4096) -> "DegreeHistogram":
+        """Expected degrees ``total * r^-a / sum r^-a`` over ranks r (the synthetic catalogs' item popularity),
+        summarized by ``bins`` log-spaced rank groups."""
+        edges = np.unique(np.geomspace(1, num_nodes + 1, bins + 1).astype(np.int64))
+        lo, hi = edges[:-1].astype(np.float64), edges[1:].astype(np.float64)
+        mass = _zipf_mass(lo, hi, exponent)
+        norm = mass.sum()
+        counts = hi - lo
+        return cls(total * mass / norm / counts, counts)
+
+    @classmethod
+    def lognormal(cls, num_nodes: int, total: float, sigma: float = 1.0, cap: Optional[float] = None,
+                  bins: int = 2048) -> "DegreeHistogram":
+        """Log-normal activity (the synthetic catalogs' users), mean ``total / num_nodes``, by quantiles."""
+        q = (np.arange(bins) + 0.5) / bins
+        from statistics import NormalDist
+
+        z = np.array([NormalDist().inv_cdf(float(p)) for p in q])
+        w = np.exp(sigma * z)
+        deg = total * w / w.sum() * bins / num_nodes
+        if cap is not None and total / num_nodes < cap:
+            for _ in range(50):  # clip at the cap, give the excess to the others (as synth does), repeat
+                deg = np.minimum(deg, cap)
+                free = deg < cap
+                missing = total * bins / num_nodes - deg.sum()
+                if missing <= 1e-9 * total or not free.any():
+                    break
+                deg[free] *= 1 + missing / deg[free].sum()
+        return cls(deg, np.full(bins, num_nodes / bins))
+
+    @property
+    def num_nodes(self) -> float:
+        return float(self.counts.sum())
+
+    @property
+    def total(self) -> float:
+        return float((self.degrees * self.counts).sum())
+
+    def scaled(self, node_factor: float) -> "DegreeHistogram":
+        """The same degree distribution over ``node_factor`` times as many nodes."""
+        return DegreeHistogram(self.degrees.copy(), self.counts * node_factor)
+
+
+def _zipf_mass(lo: np.ndarray, hi: np.ndarray, a: float) -> np.ndarray:
+    """sum_{r=lo}^{hi-1} r^-a, exact for short runs, by the integral (midpoint-corrected) for long ones."""
+    out = np.empty_like(lo)
+    short = (hi - lo) <= 64
+    for k in np.flatnonzero(short):
+        r = np.arange(lo[k], hi[k])
+        out[k] = np.sum(r ** -a)
+    lg = ~short
+    a_lo, a_hi = lo[lg] - 0.5, hi[lg] - 0.5
+    out[lg] = np.log(a_hi / a_lo) if abs(a - 1.0) < 1e-9 else (a_hi ** (1 - a) - a_lo ** (1 - a)) / (1 - a)
+    return out
+
+
+# ---- the catalog -----------------------------------------------------------------------------------------
+@dataclass
+class Workload:
+    num_users: int
+    num_items: int
+    num_interactions: int  # all splits
+    feat_dim: int
+    train_interactions: int = 0  # 0 = 80 % of num_interactions
+    eval_interactions: int = 0  # valid (or test) interactions ranked per evaluation; 0 = 10 %
+    feature_bytes: int = 2  # float16 store
+    user_degrees: Optional[DegreeHistogram] = None  # train degrees; None = log-normal (synthetic users)
+    item_degrees: Optional[DegreeHistogram] = None  # None = Zipf(0.9) (synthetic items)
+    source: str = "given sizes"
+
+    def __post_init__(self) -> None:
+        if min(self.num_users, self.num_items, self.num_interactions, self.feat_dim) <= 0:
+            raise ValueError(f"workload needs positive sizes, got {self}")
+        if not self.train_interactions:
+            self.train_interactions = int(round(0.8 * self.num_interactions))
+        if not self.eval_interactions:
+            self.eval_interactions = int(round(0.1 * self.num_interactions))
+
+    @classmethod
+    def from_dataset(cls, path: str, storage_options: Optional[dict] = None) -> "Workload":
+        from metammf_dist.data.dataset import Dataset
+
+        ds = Dataset.open(path, storage_options=storage_options)
+        u, i = ds.interactions("train")
+        itemsize = 2 if ds.meta.get("feature_dtype", "float16") == "float16" else 4
+        return cls(ds.num_users, ds.num_items, ds.num_interactions(), ds.feat_dim,
+                   train_interactions=int(u.size), eval_interactions=max(ds.num_interactions("valid"),
+                                                                         ds.num_interactions("test"), 1),
+                   feature_bytes=itemsize, user_degrees=DegreeHistogram.from_ids(u, ds.num_users),
+                   item_degrees=DegreeHistogram.from_ids(i, ds.num_items), source=f"dataset {path}")
+
+    def users_hist(self) -> DegreeHistogram:
+        if self.user_degrees is not None:
+            return self.user_degrees
+        return DegreeHistogram.lognormal(self.num_users, self.train_interactions, cap=max(1.0, self.num_items / 2))
+
+    def items_hist(self) -> DegreeHistogram:
+        if self.item_degrees is not None:
+            return self.item_degrees
+        return DegreeHistogram.zipf(self.num_items, self.train_interactions)
+
+    def scaled(self, num_items: int) -> "Workload":
+        """The catalog with ``num_items`` items; users and interactions scaled in proportion."""
+        f = num_items / self.num_items
+        return replace(
+            self, num_items=int(num_items), num_users=max(1, int(round(self.num_users * f))),
+            num_interactions=max(1, int(round(self.num_interactions * f))),
+            train_interactions=max(1, int(round(self.train_interactions * f))),
+            eval_interactions=max(1, int(round(self.eval_interactions * f))),
+            user_degrees=None if self.user_degrees is None else self.user_degrees.scaled(f),
+            item_degrees=None if self.item_degrees is None else self.item_degrees.scaled(f),
+            source=f"{self.source}, scaled x{f:.3g}",
+        )
+
+
+# ---- block sizes of a step -----------------------------------------------------------------------------
+@dataclass
+class BlockSizes:
+    """Per block l (input side first): src/dst users and items and sampled edges (both directions)."""
+
+    layers: List[Dict[str, float]]
+    output_users: float
+    output_items: float
+    source: str
+
+    @property
+    def input_users(self) -> float:
+        return self.layers[0]["src_users"] if self.layers else self.output_users
+
+    @property
+    def input_items(self) -> float:
+        return self.layers[0]["src_items"] if self.layers else self.output_items
+
+    @property
+    def edges(self) -> float:
+        return sum(layer["edges"] for layer in self.layers)
+
+
+def expected_blocks(workload: Workload, batch_per_rank: int, num_negatives: int, fanouts: Sequence[int]) -> BlockSizes:
+    """Expected unique nodes per hop of the neighbour sampler, from the degree histograms.
+
+    Positives are train edges drawn uniformly (a node is hit with probability ~ its degree), negatives
+    uniform items.  A hop samples ``min(fanout, degree)`` in-edges per destination node; their far ends
+    land on a node in proportion to its degree, so node v is reached with probability
+    ``1 - exp(-S * deg(v) / E)`` for S sampled edges, independently of being reached before.
+    """
+    uh, ih = workload.users_hist(), workload.items_hist()
+    e = max(uh.total, 1.0)
+    b = float(batch_per_rank)
+    pu = 1.0 - np.exp(-b * uh.degrees / e)
+    pi = 1.0 - np.exp(-b * ih.degrees / e - b * num_negatives / max(workload.num_items, 1))
+    out_users, out_items = float((pu * uh.counts).sum()), float((pi * ih.counts).sum())
+    layers = []
+    for fanout in reversed(list(fanouts)):
+        f = np.inf if fanout < 0 else float(fanout)
+        s_ui = float((ih.counts * pi * np.minimum(f, ih.degrees)).sum())  # edges into dst items (from users)
+        s_iu = float((uh.counts * pu * np.minimum(f, uh.degrees)).sum())  # edges into dst users (from items)
+        dst_u, dst_i = float((pu * uh.counts).sum()), float((pi * ih.counts).sum())
+        pu = 1.0 - (1.0 - pu) * np.exp(-s_ui * uh.degrees / e)
+        pi = 1.0 - (1.0 - pi) * np.exp(-s_iu * ih.degrees / e)
+        layers.insert(0, {"dst_users": dst_u, "dst_items": dst_i, "src_users": float((pu * uh.counts).sum()),
+                          "src_items": float((pi * ih.counts).sum()), "edges": s_ui + s_iu})
+    return BlockSizes(layers, out_users, out_items, "degree model")
+
+
+def full_blocks(workload: Workload, num_layers: int) -> BlockSizes:
+    """``--sampler full``: every block covers every node and every train edge (both directions)."""
+    u, i, e = float(workload.num_users), float(workload.num_items), float(workload.train_interactions)
+    layer = {"dst_users": u, "dst_items": i, "src_users": u, "src_items": i, "edges": 2 * e}
+    return BlockSizes([dict(layer) for _ in range(num_layers)], u, i, "full graph")
+
+
+def edge_blocks(workload: Workload, batch_per_rank: int, num_negatives: int) -> BlockSizes:
+    """MF scorer: no blocks; the batch's own users and items."""
+    est = expected_blocks(workload, batch_per_rank, num_negatives, [])
+    return BlockSizes([], est.output_users, est.output_items, "degree model (edge batches)")
+
+
+def probe_blocks(cfg: Config, steps: int = 2, world_size: int = 1) -> BlockSizes:
+    """Block sizes measured by running the real sampler of ``cfg`` for ``steps`` steps (rank 0's share)."""
+    from metammf_dist.data.dataset import Dataset
+    from metammf_dist.engine.loop import sampler_kind
+    from metammf_dist.sampler import make_batches
+    from metammf_dist.sampler.graph import build_train_graph
+
+    ds = Dataset.open(cfg.data.path, storage_options=cfg.data.storage_options or None)
+    u, i = ds.interactions("train")
+    graph = build_train_graph(u, i, ds.num_users, ds.num_items)
+    batches = make_batches(sampler_kind(cfg), graph, fanouts=cfg.train.fanouts, batch_size=cfg.train.batch_size,
+                           num_negatives=cfg.train.num_negatives, seed=cfg.train.seed, rank=0,
+                           world_size=world_size)
+    sums: Optional[List[Dict[str, float]]] = None
+    out_u = out_i = 0.0
+    n = 0
+    for batch in batches.epoch(0):
+        layers = [{"src_users": b.num_src_nodes("user"), "src_items": b.num_src_nodes("item"),
+                   "dst_users": b.num_dst_nodes("user"), "dst_items": b.num_dst_nodes("item"),
+                   "edges": b.num_edges()} for b in batch.blocks]
+        sums = layers if sums is None else [{k: s[k] + v[k] for k in s} for s, v in zip(sums, layers)]
+        out_u += batch.output_users.numel()
+        out_i += batch.output_items.numel()
+        n += 1
+        if n >= steps:
+            break
+    n = max(n, 1)
+    layers = [{k: v / n for k, v in layer.items()} for layer in (sums or [])]
+    return BlockSizes(layers, out_u / n, out_i / n, f"sampler probe ({n} steps)")
+
+
+# ---- the model's sizes ---------------------------------------------------------------------------------
+def _fusion_floats_per_item(cfg: Config, feat_dim: int) -> Dict[str, float]:
+    """Floats per item the fusion forward keeps for backward, and the largest single tensor."""
+    m = cfg.model
+    saved = float(feat_dim)  # the gathered features (float32)
+    largest = float(feat_dim)
+    if m.feature_norm == "standardize":
+        saved += feat_dim
+    if m.fusion != "static":
+        hidden = feat_dim if m.meta_hidden is None else m.meta_hidden
+        saved += hidden + m.meta_dim  # relu output (Linear's input for the next layer), s
+        largest = max(largest, hidden)
+    widths = [feat_dim] + list(m.fusion_dims)
+    for a, b in zip(widths[:-1], widths[1:]):
+        if m.fusion == "meta":
+            saved += m.meta_dim * b + b  # u = h.T_k for all k, and the layer output
+            largest = max(largest, m.meta_dim * b)
+        elif m.fusion == "cp":
+            saved += 3 * m.cp_rank + b  # hA, sC, their product; the layer output
+        else:
+            saved += b
+        largest = max(largest, b)
+    saved += m.user_id_dim  # the item vector (fusion output ⊕ ID row), kept by the GCN's layer history
+    return {"saved": saved, "largest": largest}
+
+
+def _meta_weight_copies(cfg: Config, feat_dim: int) -> float:
+    """Meta layers reshape T (s x in x out) into in x (s.out) for one matmul: a copy kept for backward."""
+    if cfg.model.fusion != "meta":
+        return 0.0
+    widths = [feat_dim] + list(cfg.model.fusion_dims)
+    return float(sum(cfg.model.meta_dim * a * b for a, b in zip(widths[:-1], widths[1:])))
+
+
+def _gcn_floats(cfg: Config, blocks: BlockSizes) -> Dict[str, float]:
+    """GraphSAGE (HeteroGraphConv of SAGEConv 'mean', sum aggregate) floats kept for backward.
+
+    Per src node of a block: the dropout output and its byte mask.  Per dst node: the neighbour mean
+    (fc_neigh's saved input) and the layer output, plus LeakyReLU's input between layers.  While a layer
+    runs, fc_self/fc_neigh outputs, their sum and the aggregate's stack exist too (``largest``)."""
+    d = cfg.model.user_id_dim
+    saved, largest = 0.0, 0.0
+    last = len(blocks.layers) - 1
+    for index, layer in enumerate(blocks.layers):
+        src = layer["src_users"] + layer["src_items"]
+        dst = layer["dst_users"] + layer["dst_items"]
+        saved += src * d * 1.25
+        saved += dst * d * (2 + (1 if index < last else 0))
+        largest = max(largest, src * d, 4 * dst * d)
+    return {"saved": saved, "largest": largest}
+
+
+def _param_layout(cfg: Config, workload: Workload) -> Dict[str, float]:
+    counts = count_parameters(cfg.model, workload.num_users, workload.num_items, workload.feat_dim)
+    m = cfg.model
+    tensors = [workload.num_users * m.user_id_dim, workload.num_items * m.item_id_dim]
+    widths = [workload.feat_dim] + list(m.fusion_dims)
+    for a, b in zip(widths[:-1], widths[1:]):
+        tensors.append(a * b)
+        if m.fusion == "meta":
+            tensors.append(m.meta_dim * a * b)
+        elif m.fusion == "cp":
+            tensors += [a * m.cp_rank, m.cp_rank * b]
+    if m.fusion != "static":
+        hidden = workload.feat_dim if m.meta_hidden is None else m.meta_hidden
+        tensors.append(workload.feat_dim * hidden)
+    if m.scorer == "gcn":
+        tensors.append(m.user_id_dim * m.user_id_dim)
+    # modules that ZeRO-3 gathers as a whole: each ID table, each fusion layer, the meta-learner's layers
+    modules = [workload.num_users * m.user_id_dim, workload.num_items * m.item_id_dim]
+    modules += [fusion_layer for fusion_layer in _fusion_layer_sizes(cfg, workload.feat_dim)]
+    return {"total": float(counts["total"]), "id": float(counts["item_id"] + counts["user_id"]),
+            "largest_tensor": float(max(tensors)), "largest_module": float(max(modules)),
+            "small": float(sum(t for t in tensors if t < DEFAULT_PERSISTENCE)), "counts": counts}
+
+
+def _fusion_layer_sizes(cfg: Config, feat_dim: int) -> List[int]:
+    from metammf_dist.model.summary import fusion_layer_parameters
+
+    widths = [feat_dim] + list(cfg.model.fusion_dims)
+    return [fusion_layer_parameters(cfg.model.fusion, a, b, cfg.model.meta_dim, cfg.model.cp_rank)
+            for a, b in zip(widths[:-1], widths[1:])]
+
+
+# ---- the plan ------------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    components: List[Component]
+    world_size: int
+    zero_stage: int
+    offload: bool
+    device: str
+    blocks: BlockSizes
+    workload: Workload
+    params: Dict[str, float] = field(default_factory=dict)
+
+    def phase_total(self, phase: str, where: Optional[str] = None) -> float:
+        return sum(c.bytes for c in self.components if c.phase == phase and (where is None or c.where == where))
+
+    def peak(self, where: Optional[str] = None) -> float:
+        """Persistent + the largest transient phase (per rank); ``where`` = host or device only."""
+        transient = max(self.phase_total(p, where) for p in PHASES if p != "persistent")
+        return self.phase_total("persistent", where) + transient
+
+    def peak_phase(self) -> str:
+        return max((p for p in PHASES if p != "persistent"), key=self.phase_total)
+
+    def train_peak(self) -> float:
+        return self.phase_total("persistent") + max(self.phase_total("backward"), self.phase_total("optimizer"))
+
+
+def zero_stage_of(ds_config: dict) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def offload_of(ds_config: dict) -> bool:
+    zero = ds_config.get("zero_optimization", {})
+    return any(str((zero.get(k) or {}).get("device", "none")) == "cpu" for k in ("offload_optimizer", "offload_param"))
+
+
+def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage: int = 0, offload: bool = False,
+                device: str = "cpu", blocks: Optional[BlockSizes] = None, baseline_bytes: float = RUNTIME_BASELINE_BYTES,
+                ds_config: Optional[dict] = None, with_eval: bool = True) -> Plan:
+    """Per-rank memory of training ``cfg`` on ``workload`` with ``world_size`` ranks at ZeRO ``zero_stage``."""
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero stage must be 0-3, got {zero_stage}")
+    if world_size < 1:
+        raise ValueError(f"world size must be >= 1, got {world_size}")
+    zero = (ds_config or {}).get("zero_optimization", {})
+    bucket = float(zero.get("reduce_bucket_size", DEFAULT_BUCKET))
+    persistence = float(zero.get("stage3_param_persistence_threshold", DEFAULT_PERSISTENCE))
+    n, m, t = world_size, cfg.model, cfg.train
+    dev = "device" if device != "cpu" else "host"
+    comps: List[Component] = []
+
+    def add(name, nbytes, phase, where="host", note=""):
+        if nbytes:
+            comps.append(Component(name, float(nbytes), phase, where, note))
+
+    # ---- runtime, data, graph --------------------------------------------------------------------------
+    add("runtime (python, torch, dgl, deepspeed)", baseline_bytes, "persistent", note="measured once")
+    e_all, e_tr = float(workload.num_interactions), float(workload.train_interactions)
+    nodes = float(workload.num_users + workload.num_items)
+    add("interactions table", INTERACTION_TABLE_BYTES * e_all + TRAIN_COPY_BYTES * e_tr, "persistent",
+        note=f"{e_all:,.0f} interactions, every rank")
+    batch_per_rank = max(1, t.batch_size // n)
+    full = t.sampler == "full"
+    gcn = m.scorer == "gcn"
+    if blocks is None:
+        if full and gcn:
+            blocks = full_blocks(workload, len(t.fanouts))
+        elif gcn:
+            blocks = expected_blocks(workload, batch_per_rank, t.num_negatives, t.fanouts)
+        else:
+            blocks = edge_blocks(workload, batch_per_rank, t.num_negatives)
+    if gcn and not full:
+        add("neighbour sampler (CSC by dst)", SAMPLER_BYTES_PER_EDGE * e_tr + 2 * INDEX * nodes, "persistent")
+    if gcn and full:
+        add("full-graph blocks", FULL_BLOCK_BYTES_PER_EDGE * e_tr * len(t.fanouts), "persistent",
+            note=f"{len(t.fanouts)} x to_block(all nodes)")
+        add("to_block of the whole graph", TO_BLOCK_TRANSIENT_PER_EDGE * e_tr, "setup")
+    add("epoch permutation + negatives", (EPOCH_BYTES_PER_EDGE * (1 + t.num_negatives)) * e_tr, "persistent")
+    if with_eval and gcn:
+        add("train graph CSC (full-graph inference)", CSC_BYTES_PER_EDGE * e_tr + CSC_BYTES_PER_NODE * nodes,
+            "persistent", dev, "created by the first evaluation")
+        if dev == "device":
+            add("train graph copied to the device", 2 * 2 * INDEX * e_tr, "persistent", dev, "graph.to(device)")
+    store_bytes = float(workload.num_items) * workload.feat_dim * workload.feature_bytes
+    add("feature-store cache", min(float(cfg.data.cache_mb) * 2**20, store_bytes), "persistent",
+        note=f"min(data.cache_mb, store {store_bytes / 2**20:,.0f} MiB)")
+
+    # ---- model states ----------------------------------------------------------------------------------
+    layout = _param_layout(cfg, workload)
+    p, p_big, p_small = layout["total"], layout["total"] - layout["small"], layout["small"]
+    opt_where = "host" if offload else dev
+    if zero_stage == 0:
+        add("parameters", FLOAT * p, "persistent", dev, "fp32, replicated")
+        add("Adam states (m, v)", 2 * FLOAT * p, "persistent", dev, "replicated")
+        for phase in ("backward", "optimizer"):
+            add("gradients", FLOAT * p, phase, dev, "dense, incl. ID tables")
+        if n > 1:
+            add("all-reduce flat buffer", FLOAT * min(p, bucket), "optimizer", dev)
+        add("Adam temporaries", ADAM_TEMPS * FLOAT * layout["largest_tensor"], "optimizer", dev,
+            "per tensor, the largest")
+    elif zero_stage in (1, 2):
+        add("parameters (flat)", FLOAT * p, "persistent", dev, "fp32, replicated")
+        add("fp32 master partition", FLOAT * p / n, "persistent", opt_where, f"1/{n}")
+        add("Adam states (m, v)", 2 * FLOAT * p / n, "persistent", opt_where, f"1/{n}")
+        if offload:
+            add("offload copy buffer", FLOAT * p / n, "persistent", "host")
+        if zero_stage == 1:
+            add("gradients", FLOAT * p, "backward", dev, "full until reduced")
+            add("reduce bucket", FLOAT * min(p, bucket), "backward", dev)
+        else:
+            add("gradient partition", FLOAT * p / n, "backward", dev, f"1/{n}")
+            add("reduce bucket", FLOAT * min(p, bucket), "backward", dev)
+            add("largest parameter's gradient", FLOAT * layout["largest_tensor"], "backward", dev)
+        add("flat gradient partition", FLOAT * p / n, "optimizer", opt_where)
+        add("Adam temporaries", ADAM_TEMPS * FLOAT * p / n, "optimizer", opt_where, "on the flat partition")
+    else:
+        pwhere = "host" if offload else dev
+        add("parameter partitions", FLOAT * (p_big / n + p_small), "persistent", pwhere,
+            f"1/{n}; tensors < {persistence:,.0f} elements whole")
+        add("fp32 master partition", FLOAT * p / n, "persistent", opt_where, f"1/{n}")
+        add("Adam states (m, v)", 2 * FLOAT * p / n, "persistent", opt_where, f"1/{n}")
+        add("gradient partition", FLOAT * p / n, "persistent", opt_where, f"1/{n}")
+        add("gathered module (forward/backward)", FLOAT * layout["largest_module"], "backward", dev,
+            "a whole ID table")
+        add("its full gradient", FLOAT * layout["largest_module"], "backward", dev, "before reduce-scatter")
+        add("Adam temporaries", ADAM_TEMPS * FLOAT * p / n, "optimizer", opt_where, "on the flat partition")
+
+    # ---- one training step -----------------------------------------------------------------------------
+    items_in, users_in = blocks.input_items, blocks.input_users
+    fusion = _fusion_floats_per_item(cfg, workload.feat_dim)
+    add("batch features (float32)", FLOAT * items_in * workload.feat_dim, "backward", dev,
+        f"{items_in:,.0f} unique input items")
+    add("fusion activations", FLOAT * items_in * (fusion["saved"] - workload.feat_dim)
+        + FLOAT * _meta_weight_copies(cfg, workload.feat_dim), "backward", dev)
+    add("user ID rows", FLOAT * users_in * m.user_id_dim, "backward", dev, f"{users_in:,.0f} unique input users")
+    largest = FLOAT * items_in * fusion["largest"]
+    if gcn:
+        g = _gcn_floats(cfg, blocks)
+        add("GCN activations", FLOAT * g["saved"], "backward", dev)
+        largest = max(largest, FLOAT * g["largest"])
+        if not full:
+            add("sampled blocks", BLOCK_BYTES_PER_EDGE * blocks.edges + INDEX * 4 * (users_in + items_in), "backward",
+                note=f"{blocks.edges:,.0f} edges")
+            add("sampler scratch", e_tr + INDEX * nodes, "backward", note="excluded-edge mask, lookups")
+    add("gradient of the largest activation", GRAD_BACKWARD_EXTRA * largest, "backward", dev)
+
+    # ---- evaluation ------------------------------------------------------------------------------------
+    if with_eval:
+        d = m.user_id_dim
+        u, i = float(workload.num_users), float(workload.num_items)
+        vec = FLOAT * d * (u + i)
+        chunk = min(float(cfg.eval.item_chunk), i)
+        e_ev = float(workload.eval_interactions)
+        csr = INDEX * (e_tr + e_ev) + 2 * INDEX * u
+        if gcn:
+            work = vec * (len(t.fanouts) + 3)  # each layer's output kept (history) + a layer's work (measured)
+        else:
+            work = vec + FLOAT * d * max(u, i)
+        fusion_chunk = FLOAT * chunk * (fusion["saved"] + fusion["largest"])
+        users_chunk = min(float(cfg.eval.user_chunk), u)
+        add("inference: vectors + full-graph pass", max(work, vec + fusion_chunk), "inference", dev,
+            f"{u + i:,.0f} nodes x {d}")
+        add("inference: building the CSRs", SPLIT_CSR_TRANSIENT_PER_EDGE * e_tr, "inference")
+        add("ranking: user + item vectors", vec, "ranking", dev)
+        add("ranking: exclusion/truth CSRs", csr, "ranking")
+        add("ranking: score chunk", FLOAT * users_chunk * i * 1.1, "ranking", dev,
+            f"{users_chunk:,.0f} users x {i:,.0f} items (+ top-K scratch)")
+    return Plan(comps, world_size, zero_stage, offload, device, blocks, workload,
+                params={**{k: v for k, v in layout.items() if k != "counts"}, "counts": layout["counts"],
+                        "eval_user_chunk": cfg.eval.user_chunk})
+
+
+def largest_catalog(cfg: Config, workload: Workload, budget_bytes: float, world_size: int = 1, zero_stage: int = 0,
+                    offload: bool = False, device: str = "cpu", baseline_bytes: float = RUNTIME_BASELINE_BYTES,
+                    where: Optional[str] = None, max_items: int = 10**11) -> Optional[Workload]:
+    """The largest item count (users and interactions scaled with it) whose per-rank peak fits ``budget_bytes``.
+
+    ``where``: compare only host or only device bytes (e.g. GPU memory); None = everything (CPU runs)."""
+
+    def fits(items: int) -> bool:
+        wl = workload.scaled(items)
+        plan = plan_memory(cfg, wl, world_size, zero_stage, offload, device, baseline_bytes=baseline_bytes)
+        return plan.peak(where) <= budget_bytes
+
+    lo = 1
+    if not fits(lo):
+        return None
+    hi = max(2, workload.num_items)
+    while fits(hi):
+        lo, hi = hi, hi * 2
+        if hi > max_items:
+            return workload.scaled(lo)
+    while hi - lo > max(1, lo // 1000):
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return workload.scaled(lo)
+
+
+def measure_runtime_baseline() -> int:
+    """RSS (bytes) of a fresh interpreter after importing what a training process imports."""
+    import subprocess
+    import sys
+
+    code = ("import torch, dgl, deepspeed, metammf_dist.engine.loop\n"
+            "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])")
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return int(proc.stdout.strip().splitlines()[-1]) * 1024

@@ -1,0 +1,142 @@
+"""Memory planner: predictions against measured peak RSS of real short trainings, and its parts.
+
+The calibration points run ``metammf-dist train`` for real (one process, 3 steps, one epoch with its
+validation and test ranking, as a user would) on small synthetic catalogs and read the process's peak RSS
+from ``wait4``; the plan for the same config and catalog must be within 20 % of it.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from contextlib import redirect_stdout
+
+import pytest
+
+from conftest import REPO
+
+CONFIG = str(REPO / "configs" / "tiktok.yaml")
+TOLERANCE = 0.20
+
+# (name, synth sizes, modalities, overrides): a fusion-heavy point, an ID-table/evaluation-heavy point with
+# 100k items, and the full-graph mode.
+POINTS = {
+    "meta-20k": ((20_000, 20_000, 200_000), {"image": 64, "text": 64}, ["model.fusion_dims=[256,32]"]),
+    "cp-100k": ((50_000, 100_000, 400_000), {"image": 16},
+                ["model.fusion=cp", "model.fusion_dims=[32]", "model.item_id_dim=96", "model.user_id_dim=128",
+                 "model.meta_hidden=16"]),
+    "full-20k": ((10_000, 20_000, 100_000), {"image": 32}, ["train.sampler=full", "model.fusion_dims=[64,32]"]),
+}
+
+
+@pytest.fixture(scope="module")
+def catalogs(tmp_path_factory):
+    from metammf_dist.data.synth import SynthSpec, generate
+
+    root = tmp_path_factory.mktemp("planner")
+    out = {}
+    for name, ((users, items, inter), mods, _) in POINTS.items():
+        path = root / name
+        generate(SynthSpec(num_users=users, num_items=items, num_interactions=inter, modalities=mods, seed=5),
+                 str(path))
+        out[name] = str(path)
+    return out
+
+
+def _cfg(path, overrides):
+    from metammf_dist.config import load_config
+
+    return load_config(CONFIG, [f"data.path={path}", *overrides])
+
+
+@pytest.mark.parametrize("name", list(POINTS))
+def test_plan_within_20_percent_of_measured_peak(catalogs, name):
+    from metammf_dist.planner.cli_plan import measure_training_peak
+    from metammf_dist.planner.memory import Workload, plan_memory
+
+    overrides = POINTS[name][2]
+    measured = measure_training_peak(CONFIG, [f"data.path={catalogs[name]}", *overrides], world_size=1, steps=3,
+                                     zero_stage=0)
+    plan = plan_memory(_cfg(catalogs[name], overrides), Workload.from_dataset(catalogs[name]), world_size=1,
+                       zero_stage=0)
+    error = plan.peak() / measured - 1.0
+    print(f"{name}: plan {plan.peak() / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB ({error:+.1%})")
+    assert abs(error) <= TOLERANCE, f"{name}: plan {plan.peak() / 2**20:.0f} MiB vs measured {measured / 2**20:.0f} MiB"
+
+
+def test_expected_blocks_match_the_sampler(catalogs):
+    from metammf_dist.planner.memory import Workload, expected_blocks, probe_blocks
+
+    cfg = _cfg(catalogs["meta-20k"], POINTS["meta-20k"][2])
+    est = expected_blocks(Workload.from_dataset(cfg.data.path), cfg.train.batch_size, cfg.train.num_negatives,
+                          cfg.train.fanouts)
+    real = probe_blocks(cfg, steps=2)
+    assert len(est.layers) == len(real.layers) == 2
+    for key in ("src_users", "src_items", "dst_users", "dst_items", "edges"):
+        for e, r in zip(est.layers, real.layers):
+            assert abs(e[key] / r[key] - 1) < 0.15, (key, e[key], r[key])
+
+
+def test_zero_stages_shard_what_they_should():
+    from metammf_dist.config import load_config
+    from metammf_dist.planner.memory import Workload, plan_memory
+
+    cfg = load_config(CONFIG, [])
+    wl = Workload(1_000_000, 1_000_000, 10_000_000, 384)
+    p_total = 1_000_000 * (64 + 32)  # the ID tables dominate
+
+    def model_states(plan):
+        return sum(c.bytes for c in plan.components if c.phase == "persistent" and
+                   any(k in c.name for k in ("parameter", "Adam", "master", "gradient")))
+
+    s0, s1, s3 = (plan_memory(cfg, wl, world_size=8, zero_stage=s) for s in (0, 1, 3))
+    assert model_states(s0) > 12 * 4 * p_total / 4 > model_states(s1) > model_states(s3)
+    gathered = [c for c in s3.components if c.name.startswith("gathered module")]
+    assert gathered and gathered[0].bytes == 4 * 1_000_000 * 64  # the whole user ID table, on every rank
+    assert plan_memory(cfg, wl, world_size=64, zero_stage=3).peak() < s3.peak()
+    gpu = plan_memory(cfg, wl, world_size=8, zero_stage=3, offload=True, device="cuda")
+    assert all(c.where == "host" for c in gpu.components if "Adam" in c.name)
+    assert gpu.peak("device") < gpu.peak()
+
+
+def test_largest_catalog_is_the_boundary():
+    from metammf_dist.config import load_config
+    from metammf_dist.planner.memory import Workload, largest_catalog, plan_memory
+
+    cfg = load_config(CONFIG, [])
+    wl = Workload(10_000, 20_000, 200_000, 256)
+    budget = 6 * 2**30
+    fit = largest_catalog(cfg, wl, budget, world_size=2, zero_stage=1)
+    assert fit is not None and fit.num_items > wl.num_items
+    assert fit.num_users / fit.num_items == pytest.approx(wl.num_users / wl.num_items, rel=1e-3)
+    assert plan_memory(cfg, fit, 2, 1).peak() <= budget
+    assert plan_memory(cfg, wl.scaled(int(fit.num_items * 1.01) + 1), 2, 1).peak() > budget
+    assert largest_catalog(cfg, wl, 100 * 2**20) is None  # less than the runtime itself
+
+
+def test_plan_command_json(catalogs):
+    from metammf_dist.planner import cli_plan
+
+    parser = argparse.ArgumentParser()
+    cli_plan.add_arguments(parser)
+    args = parser.parse_args([CONFIG, *POINTS["meta-20k"][2], "--dataset", catalogs["meta-20k"], "--world-size", "2",
+                              "--zero-stage", "3", "--mem-per-rank-gb", "4", "--json"])
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert cli_plan.run(args) == 0
+    out = json.loads(buf.getvalue().strip().splitlines()[-1])
+    for key in ("peak_bytes_per_rank", "peak_phase", "phases", "input_items_per_step", "largest_items",
+                "must_shard", "parameters"):
+        assert key in out
+    assert out["zero_stage"] == 3 and out["world_size"] == 2 and out["largest_items"] > 20_000
+
+
+def test_degree_histograms_keep_their_totals():
+    from metammf_dist.planner.memory import DegreeHistogram
+
+    z = DegreeHistogram.zipf(1_000_000, 8e6)
+    assert z.num_nodes == pytest.approx(1_000_000) and z.total == pytest.approx(8e6, rel=1e-6)
+    assert z.degrees[0] > 100 * z.degrees[-1]  # head items are far more popular
+    ln = DegreeHistogram.lognormal(50_000, 1e6, cap=500)
+    assert ln.num_nodes == pytest.approx(50_000) and ln.total == pytest.approx(1e6, rel=1e-6)
+    assert ln.degrees.max() <= 500 * 1.0001
