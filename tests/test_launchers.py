@@ -133,14 +133,26 @@ def run_single(data: Path, run_dir: Path) -> dict:
     return metrics_of([log])
 
 
+def shared_reference(tmp_path_factory) -> tuple:
+    """(synthetic dataset, 1-process metrics), made once per test session and shared by test modules."""
+    root = tmp_path_factory.getbasetemp() / "launch-reference"
+    data, result = root / "synth", root / "single-metrics.json"
+    if not result.exists():
+        root.mkdir(exist_ok=True)
+        if not (data / "dataset.json").exists():
+            make_synth(data)
+        result.write_text(json.dumps(run_single(data, root / "single")))
+    return data, json.loads(result.read_text())
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
-    return make_synth(tmp_path_factory.mktemp("launch") / "synth")
+    return shared_reference(tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="module")
-def baseline(synth, tmp_path_factory) -> dict:
-    return run_single(synth, tmp_path_factory.mktemp("single") / "run")
+def baseline(tmp_path_factory) -> dict:
+    return shared_reference(tmp_path_factory)[1]
 
 
 # -- argument handling (no training) ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from slurm_cluster import SlurmCluster, SlurmMissing
-from test_launchers import REPO, assert_close, assert_complete_run, launch_env, make_synth, run_single, train_args
+from test_launchers import REPO, assert_close, assert_complete_run, launch_env, shared_reference, train_args
 
 JOB_TIMEOUT_S = 300
 
@@ -37,12 +37,12 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
-    return make_synth(tmp_path_factory.mktemp("slurm") / "synth")
+    return shared_reference(tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="module")
-def baseline(synth, tmp_path_factory) -> dict:
-    return run_single(synth, tmp_path_factory.mktemp("single") / "run")
+def baseline(tmp_path_factory) -> dict:
+    return shared_reference(tmp_path_factory)[1]
 
 
 def job_env(cluster, **extra) -> dict:

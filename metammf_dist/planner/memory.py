@@ -514,6 +514,7 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         add("gathered module (forward/backward)", FLOAT * layout["largest_module"], "backward", dev,
             "a whole ID table")
         add("its full gradient", FLOAT * layout["largest_module"], "backward", dev, "before reduce-scatter")
+        add("flat gradient copy", FLOAT * p / n, "optimizer", opt_where)
         add("Adam temporaries", ADAM_TEMPS * FLOAT * p / n, "optimizer", opt_where, "on the flat partition")
 
     # ---- one training step -----------------------------------------------------------------------------
