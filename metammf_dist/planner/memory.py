@@ -65,7 +65,7 @@ FULL_BLOCK_BYTES_PER_EDGE = 96  # dgl.to_block of the whole graph (both edge typ
 TO_BLOCK_TRANSIENT_PER_EDGE = 240  # dgl.to_block over the whole graph, while it runs
 SPLIT_CSR_TRANSIENT_PER_EDGE = 72  # build_csr of the exclusion/truth CSRs (unique of keys), while it runs
 ADAM_TEMPS = 3  # torch 2.2 single-tensor Adam: grad + wd*param, sqrt(v), sqrt(v)/bc -> 3 temporaries
-GRAD_BACKWARD_EXTRA = 1.0  # largest activation's gradient alive next to the saved activations
+GRAD_BACKWARD_EXTRA = 0.5  # share of the largest activation alive again as scratch/gradient (measured)
 DEFAULT_BUCKET = 500_000_000  # DeepSpeed reduce/allreduce bucket (elements)
 DEFAULT_PERSISTENCE = 100_000  # stage3_param_persistence_threshold (elements)
 
@@ -332,11 +332,12 @@ def _fusion_floats_per_item(cfg: Config, feat_dim: int) -> Dict[str, float]:
 
 
 def _meta_weight_copies(cfg: Config, feat_dim: int) -> float:
-    """Meta layers reshape T (s x in x out) into in x (s.out) for one matmul: a copy kept for backward."""
+    """Meta layers reshape T (s x in x out) into in x (s.out) for one matmul; autograd keeps that copy for the
+    gradient of h — not in the first layer, whose input (the features) needs no gradient."""
     if cfg.model.fusion != "meta":
         return 0.0
     widths = [feat_dim] + list(cfg.model.fusion_dims)
-    return float(sum(cfg.model.meta_dim * a * b for a, b in zip(widths[:-1], widths[1:])))
+    return float(sum(cfg.model.meta_dim * a * b for a, b in list(zip(widths[:-1], widths[1:]))[1:]))
 
 
 def _gcn_floats(cfg: Config, blocks: BlockSizes) -> Dict[str, float]:
@@ -354,6 +355,8 @@ def _gcn_floats(cfg: Config, blocks: BlockSizes) -> Dict[str, float]:
         saved += src * d * 1.25
         saved += dst * d * (2 + (1 if index < last else 0))
         largest = max(largest, src * d, 4 * dst * d)
+    if cfg.model.gcn_combine == "mean":  # stack of h^0..h^L of the output nodes, and their mean
+        saved += (len(blocks.layers) + 2) * (blocks.output_users + blocks.output_items) * d
     return {"saved": saved, "largest": largest}
 
 
@@ -477,14 +480,18 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         note=f"min(data.cache_mb, store {store_bytes / 2**20:,.0f} MiB)")
 
     # ---- model states ----------------------------------------------------------------------------------
+    # Backward order matters: the ID tables sit at the bottom of the graph but right below the GCN, so their
+    # dense gradients appear early, next to almost all saved activations; the fusion's gradients appear as
+    # its activations are freed.  So "backward" holds the activations + the ID-table gradients, and the
+    # "optimizer" phase (the batch is still referenced) holds all gradients + the optimizer's scratch.
     layout = _param_layout(cfg, workload)
-    p, p_big, p_small = layout["total"], layout["total"] - layout["small"], layout["small"]
+    p, p_big, p_small, p_id = layout["total"], layout["total"] - layout["small"], layout["small"], layout["id"]
     opt_where = "host" if offload else dev
     if zero_stage == 0:
         add("parameters", FLOAT * p, "persistent", dev, "fp32, replicated")
         add("Adam states (m, v)", 2 * FLOAT * p, "persistent", dev, "replicated")
-        for phase in ("backward", "optimizer"):
-            add("gradients", FLOAT * p, phase, dev, "dense, incl. ID tables")
+        add("ID-table gradients (dense)", FLOAT * p_id, "backward", dev, "whole tables, produced early")
+        add("gradients", FLOAT * p, "optimizer", dev, "dense, incl. ID tables")
         if n > 1:
             add("all-reduce flat buffer", FLOAT * min(p, bucket), "optimizer", dev)
         add("Adam temporaries", ADAM_TEMPS * FLOAT * layout["largest_tensor"], "optimizer", dev,
@@ -495,14 +502,12 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         add("Adam states (m, v)", 2 * FLOAT * p / n, "persistent", opt_where, f"1/{n}")
         if offload:
             add("offload copy buffer", FLOAT * p / n, "persistent", "host")
+        add("ID-table gradients (dense)", FLOAT * p_id, "backward", dev, "whole tables, produced early")
         if zero_stage == 1:
-            add("gradients", FLOAT * p, "backward", dev, "full until reduced")
-            add("reduce bucket", FLOAT * min(p, bucket), "backward", dev)
+            add("reduce bucket", FLOAT * min(p, bucket), "optimizer", dev, "gradients reduced after backward")
         else:
-            add("gradient partition", FLOAT * p / n, "backward", dev, f"1/{n}")
-            add("reduce bucket", FLOAT * min(p, bucket), "backward", dev)
-            add("largest parameter's gradient", FLOAT * layout["largest_tensor"], "backward", dev)
-        add("flat gradient partition", FLOAT * p / n, "optimizer", opt_where)
+            add("reduce bucket", FLOAT * min(p, bucket), "backward", dev, "gradients reduced during backward")
+        add("flat gradient partition", FLOAT * p / n, "optimizer", opt_where, f"1/{n}")
         add("Adam temporaries", ADAM_TEMPS * FLOAT * p / n, "optimizer", opt_where, "on the flat partition")
     else:
         pwhere = "host" if offload else dev
@@ -520,8 +525,9 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     # ---- one training step -----------------------------------------------------------------------------
     items_in, users_in = blocks.input_items, blocks.input_users
     fusion = _fusion_floats_per_item(cfg, workload.feat_dim)
-    add("batch features (float32)", FLOAT * items_in * workload.feat_dim, "backward", dev,
-        f"{items_in:,.0f} unique input items")
+    batch_bytes = FLOAT * items_in * workload.feat_dim
+    add("batch features (float32)", batch_bytes, "backward", dev, f"{items_in:,.0f} unique input items")
+    add("batch features (float32)", batch_bytes, "optimizer", dev, "the batch lives until the next one")
     add("fusion activations", FLOAT * items_in * (fusion["saved"] - workload.feat_dim)
         + FLOAT * _meta_weight_copies(cfg, workload.feat_dim), "backward", dev)
     add("user ID rows", FLOAT * users_in * m.user_id_dim, "backward", dev, f"{users_in:,.0f} unique input users")
@@ -531,10 +537,12 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         add("GCN activations", FLOAT * g["saved"], "backward", dev)
         largest = max(largest, FLOAT * g["largest"])
         if not full:
-            add("sampled blocks", BLOCK_BYTES_PER_EDGE * blocks.edges + INDEX * 4 * (users_in + items_in), "backward",
-                note=f"{blocks.edges:,.0f} edges")
+            block_bytes = BLOCK_BYTES_PER_EDGE * blocks.edges + INDEX * 4 * (users_in + items_in)
+            add("sampled blocks", block_bytes, "backward", note=f"{blocks.edges:,.0f} edges")
+            add("sampled blocks", block_bytes, "optimizer")
             add("sampler scratch", e_tr + INDEX * nodes, "backward", note="excluded-edge mask, lookups")
-    add("gradient of the largest activation", GRAD_BACKWARD_EXTRA * largest, "backward", dev)
+    add("transient of the largest activation", GRAD_BACKWARD_EXTRA * largest, "backward", dev,
+        "its gradient / the next layer's scratch")
 
     # ---- evaluation ------------------------------------------------------------------------------------
     if with_eval:
