@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     # `kill -USR1 <pid>` prints every thread's stack: the first thing to look at when a rank seems stuck.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, ValueError, OSError):  # stderr is not a real file (e.g. captured in-process)
+        pass
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse stops filling a trailing `key=value ...` positional once an option follows the first

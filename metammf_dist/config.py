@@ -61,6 +61,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # most recent complete checkpoints kept (plus the best one)
     max_steps_per_epoch: int = 0  # 0 = full epoch (benchmarks and smoke tests cap it)
     log_every: int = 10
+    graph_backend: str = "dgl"  # dgl | torch (torch-only graph, sampler and GCN path: no DGL needed)
     fusion_cache_refresh: int = 0  # 0 = off; K = refresh non-seed neighbour fusion cache every K steps
 
 
@@ -151,6 +152,7 @@ _CHOICES = {
     "model.gcn_combine": ("last", "mean"),
     "model.feature_norm": ("none", "standardize"),
     "train.sampler": ("neighbor", "full"),
+    "train.graph_backend": ("dgl", "torch"),
 }
 
 

@@ -5,6 +5,7 @@ Each run trains on a small synthetic catalog for 1-2 short epochs; the checks ar
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,7 +17,10 @@ import pytest
 from conftest import REPO, free_port
 
 PY = sys.executable
+# The DGL lane tests the DGL graph backend, the latest lane (no DGL) the torch one; env overrides.
+GRAPH_BACKEND = os.environ.get("METAMMF_GRAPH_BACKEND") or ("dgl" if importlib.util.find_spec("dgl") else "torch")
 SMALL = [
+    f"train.graph_backend={GRAPH_BACKEND}",
     "model.fusion_dims=[16,8]", "model.item_id_dim=8", "model.user_id_dim=16", "model.meta_hidden=16",
     "train.batch_size=512", "train.fanouts=[5,5]", "train.eval_every=1", "train.patience=10",
     "eval.user_chunk=64", "data.cache_mb=16",

@@ -1,4 +1,4 @@
-"""``metammf-dist bench {features,fusion,train}``: benchmark commands.
+"""``metammf-dist bench {features,fusion,train,sampler,eval}``: benchmark commands.
 
 Each benchmark measures its baseline and our implementation side by side in one run and ends with one
 JSON line of ratios.  Each lives in its own module with ``add_arguments(parser)`` and ``run(args)``.
@@ -11,6 +11,7 @@ BENCHMARKS = {
     "features": "metammf_dist.bench.features",
     "fusion": "metammf_dist.bench.fusion",
     "train": "metammf_dist.bench.train",
+    "sampler": "metammf_dist.bench.sampler",
 }
 
 

@@ -64,7 +64,8 @@ class Trainer:
         self.ds = Dataset.open(cfg.data.path, storage_options=cfg.data.storage_options or None)
         self.store = self.ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
         train_u, train_i = self.ds.interactions("train")
-        self.graph = build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items)
+        self.graph = build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items,
+                                       backend=cfg.train.graph_backend)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_model(cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim)
         if cfg.model.feature_norm == "standardize":

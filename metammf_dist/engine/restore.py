@@ -48,5 +48,5 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best"):
     model.eval()
     store = ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
     train_u, train_i = ds.interactions("train")
-    graph = build_train_graph(train_u, train_i, ds.num_users, ds.num_items)
+    graph = build_train_graph(train_u, train_i, ds.num_users, ds.num_items, backend=cfg.train.graph_backend)
     return cfg, ds, store, graph, model, tag
