@@ -20,7 +20,8 @@ COMMANDS = {
     "train": ("metammf_dist.engine.cli_train", "train (and evaluate) a model from a YAML config"),
     "evaluate": ("metammf_dist.engine.cli_evaluate", "evaluate the best checkpoint of a run folder"),
     "export": ("metammf_dist.engine.cli_export", "export user/item vectors and top-K lists of a run to Parquet"),
-    "bench": ("metammf_dist.bench.cli", "benchmarks: features | fusion | train"),
+    "plan": ("metammf_dist.planner.cli_plan", "predict per-rank memory for a config, world size and ZeRO stage"),
+    "bench": ("metammf_dist.bench.cli", "benchmarks: features | fusion | train | sampler | eval"),
 }
 
 

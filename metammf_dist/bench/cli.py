@@ -12,6 +12,7 @@ BENCHMARKS = {
     "fusion": "metammf_dist.bench.fusion",
     "train": "metammf_dist.bench.train",
     "sampler": "metammf_dist.bench.sampler",
+    "eval": "metammf_dist.bench.evaluation",
 }
 
 

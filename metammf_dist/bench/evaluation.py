@@ -118,8 +118,8 @@ def run(args) -> int:
     out = run_benchmark(users=users, items=items, dim=args.dim, user_chunk=args.user_chunk,
                         train_per_user=args.train_per_user, truth_per_user=args.truth_per_user, ks=ks,
                         rounds=args.rounds, threads=args.threads, seed=args.seed)
-    print(f"full ranking of {items:,} items for {users:,} users, {args.dim}-d float32, chunks of {args.user_chunk} users, "
-          f"{args.threads} threads, best of {out['rounds']} interleaved rounds")
+    print(f"full ranking of {items:,} items for {users:,} users, {args.dim}-d float32, "
+          f"chunks of {args.user_chunk} users, {args.threads} threads, best of {out['rounds']} interleaved rounds")
     print(f"  bare matmul + topk({max(ks)}): {out['bare_seconds']:.2f} s  ({out['bare_users_per_s']:,.0f} users/s)")
     print(f"  evaluate_full_ranking:     {out['ours_seconds']:.2f} s  ({out['ours_users_per_s']:,.0f} users/s)")
     print(f"  ours / bare throughput: {out['eval_vs_bare']:.2f} (target >= {TARGET})")

@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -98,6 +98,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (fill caches, Adam states)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training process")
     parser.add_argument("--shapes", default="movielens,kwai", help="comma list of shapes to run")
+    parser.add_argument("--fanouts", default=None, help="sampled mode's fan-outs, e.g. 5,5 (default 10,10)")
     parser.add_argument("--workdir", default="bench_out/train", help="synthetic datasets and run folders")
     parser.add_argument("--zero-stages", default="0,1,2,3", help="ZeRO stages for the 2-rank part ('' = skip)")
     parser.add_argument("--zero-steps", type=int, default=None, help="steps per ZeRO run (default 30, quick 4)")
@@ -342,7 +343,8 @@ def zero_examples_per_s(stage: int, data_path: str, run_dir: str, shape: Shape, 
     if proc.returncode != 0:
         raise RuntimeError(f"ZeRO-{stage} run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     with (run / "metrics.csv").open() as fh:
-        rates = [float(r["examples_per_s"]) for r in csv.DictReader(fh) if r["split"] == "train" and r["examples_per_s"]]
+        rates = [float(r["examples_per_s"]) for r in csv.DictReader(fh)
+                 if r["split"] == "train" and r["examples_per_s"]]
     if not rates:
         raise RuntimeError(f"ZeRO-{stage} run logged no training window (steps {steps}, log_every {log_every})")
     kept = rates[1:] or rates
@@ -365,11 +367,13 @@ def summarize_shape(sampled: Dict, full: Dict) -> Dict:
 def run_benchmark(quick: bool = False, steps: Optional[int] = None, warmup: int = 1, threads: int = 2,
                   shapes: Optional[List[str]] = None, workdir: str = "bench_out/train", zero_stages=(0, 1, 2, 3),
                   zero_steps: Optional[int] = None, zero_log_every: Optional[int] = None, seed: int = 1,
-                  interleave: bool = True, log=print) -> Dict:
+                  interleave: bool = True, fanouts: Optional[List[int]] = None, log=print) -> Dict:
     steps = steps if steps is not None else (2 if quick else 3)
     zero_steps = zero_steps if zero_steps is not None else (4 if quick else 30)
     zero_log_every = zero_log_every if zero_log_every is not None else max(1, zero_steps // 6 if not quick else 2)
     catalog = {s.name: s for s in (QUICK_SHAPES if quick else PAPER_SHAPES)}
+    if fanouts:
+        catalog = {name: replace(shape, fanouts=tuple(int(f) for f in fanouts)) for name, shape in catalog.items()}
     names = shapes if shapes is not None else list(catalog)
     unknown = [n for n in names if n not in catalog]
     if unknown:
@@ -385,8 +389,8 @@ def run_benchmark(quick: bool = False, steps: Optional[int] = None, warmup: int 
                 f"{shape.feat_dim}-d, fusion {shape.fusion}")
             path = ensure_dataset(shape, workdir, seed)
             started = time.perf_counter()
-            results = measure_pair({mode: train_overrides(shape, path, f"{runs}/{name}-{mode}", mode) for mode in MODES},
-                                   warmup, steps, threads, interleave=interleave, log=log)
+            overrides = {mode: train_overrides(shape, path, f"{runs}/{name}-{mode}", mode) for mode in MODES}
+            results = measure_pair(overrides, warmup, steps, threads, interleave=interleave, log=log)
             for mode, res in results.items():
                 res.update(shape=asdict(shape), mode=mode)
                 out["variants"][f"{name}_{mode}"] = res
@@ -401,7 +405,8 @@ def run_benchmark(quick: bool = False, steps: Optional[int] = None, warmup: int 
                 res = zero_examples_per_s(stage, zpath, f"{runs}/zero{stage}", zshape, zero_steps, zero_log_every,
                                           threads)
                 out["zero"][stage] = res
-                log(f"[zero] stage {stage}: {res['examples_per_s']:,.0f} examples/s (2 ranks, {res['wall_seconds']:.0f} s wall)")
+                log(f"[zero] stage {stage}: {res['examples_per_s']:,.0f} examples/s "
+                    f"(2 ranks, {res['wall_seconds']:.0f} s wall)")
         out["zero_shape"] = asdict(zshape)
     finally:
         shutil.rmtree(runs, ignore_errors=True)
@@ -466,12 +471,14 @@ def run(args) -> int:
     stages = [int(s) for s in str(args.zero_stages).split(",") if s.strip()]
     out = run_benchmark(quick=args.quick, steps=args.steps, warmup=args.warmup, threads=args.threads, shapes=shapes,
                         workdir=args.workdir, zero_stages=stages, zero_steps=args.zero_steps,
-                        zero_log_every=args.zero_log_every, seed=args.seed, interleave=not args.sequential)
+                        zero_log_every=args.zero_log_every, seed=args.seed, interleave=not args.sequential,
+                        fanouts=[int(f) for f in args.fanouts.split(",")] if args.fanouts else None)
     print()
-    print(f"sampled (neighbor, fan-outs {list(next(iter(out['variants'].values()))['shape']['fanouts']) if out['variants'] else '-'}) "
-          f"vs full-graph steps, 1 process each, {out['threads']} threads, median of {out['steps']} steps after "
-          f"{out['warmup']} warm-up, {'steps interleaved' if out['interleaved'] else 'one mode after the other'}; step mem = peak RSS during the step - RSS before it (fresh process per variant, "
-          f"{MEMORY_ENV})")
+    fanouts = next(iter(out["variants"].values()))["shape"]["fanouts"] if out["variants"] else ()
+    order = "steps interleaved" if out["interleaved"] else "one mode after the other"
+    print(f"sampled (neighbor, fan-outs {list(fanouts)}) vs full-graph steps, 1 process each, {out['threads']} "
+          f"threads, median of {out['steps']} steps after {out['warmup']} warm-up, {order}; step mem = peak RSS "
+          f"during the step - RSS before it (fresh process per variant, {MEMORY_ENV})")
     if out["variants"]:
         print(format_variants(out))
     for name, fig in out["shapes"].items():

@@ -55,6 +55,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--measure-baseline", action="store_true", help="measure the runtime RSS here first")
     parser.add_argument("--measure-steps", type=int, default=0,
                         help="also train K steps for real and compare the measured peak RSS (CPU)")
+    parser.add_argument("--allocator", default="glibc", choices=("glibc", "live"),
+                        help="glibc: the default malloc (adds the heap it retains); live: RSS tracks live bytes "
+                             "(MALLOC_MMAP_THRESHOLD_=65536 or jemalloc)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
@@ -105,8 +108,8 @@ def format_plan(plan: mem.Plan) -> str:
     order = {p: k for k, p in enumerate(mem.PHASES)}
     rows.sort(key=lambda r: (order[r[0]], r[1] == "= total"))
     widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
-    lines = ["  ".join(str(v).rjust(w) if c == 3 else str(v).ljust(w) for c, (v, w) in enumerate(zip(r, widths))).rstrip()
-             for r in [header, *rows]]
+    lines = ["  ".join(str(v).rjust(w) if c == 3 else str(v).ljust(w)
+                       for c, (v, w) in enumerate(zip(r, widths))).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -124,7 +127,7 @@ def shard_advice(plan: mem.Plan, budget: float) -> List[str]:
             out.append(f"{name}: {numel:,} parameters -> {_size(nbytes)} per rank ({what}) > "
                        f"{SHARD_FRACTION:.0%} of {_size(budget)}: must be row-sharded (each rank owns rows, a step "
                        f"gathers only the rows its batch touches, sparse row updates)")
-    chunk = [c for c in plan.components if c.name == "ranking: score chunk"]
+    chunk = [c for c in plan.components if c.name == "ranking: score chunks"]
     if chunk and chunk[0].bytes > SHARD_FRACTION * budget:
         per_user = chunk[0].bytes / max(1, min(plan.workload.num_users, _user_chunk(plan)))
         ok = max(1, int(SHARD_FRACTION * budget // per_user))
@@ -153,11 +156,11 @@ def run(args) -> int:
     if args.probe_steps > 0:
         blocks = mem.probe_blocks(cfg, args.probe_steps, args.world_size)
     plan = mem.plan_memory(cfg, workload, args.world_size, stage, offload, args.device, blocks=blocks,
-                           baseline_bytes=baseline, ds_config=ds_config)
+                           baseline_bytes=baseline, ds_config=ds_config, allocator=args.allocator)
     where = "device" if args.device != "cpu" else None
     budget = _budget(args)
-    fit = mem.largest_catalog(cfg, workload, budget, args.world_size, stage, offload, args.device,
-                              baseline_bytes=baseline, where=where)
+    fit = mem.largest_catalog(cfg, workload, budget, args.world_size, stage, offload, args.device, where=where,
+                              baseline_bytes=baseline, ds_config=ds_config, allocator=args.allocator)
     result = {
         "world_size": args.world_size, "zero_stage": stage, "offload": offload, "device": args.device,
         "num_users": workload.num_users, "num_items": workload.num_items,
@@ -188,7 +191,8 @@ def run(args) -> int:
           f"{plan.blocks.edges:,.0f} sampled edges per rank ({plan.blocks.source})")
     print(format_plan(plan))
     print(f"peak per rank: {_size(plan.peak())} (persistent {_size(plan.phase_total('persistent'))} + "
-          f"{plan.peak_phase()} {_size(plan.phase_total(plan.peak_phase()))}); training alone {_size(plan.train_peak())}")
+          f"{plan.peak_phase()} {_size(plan.phase_total(plan.peak_phase()))}); "
+          f"training alone {_size(plan.train_peak())}")
     if args.device != "cpu":
         print(f"  device {_size(plan.peak('device'))}, host {_size(plan.peak('host'))} per rank")
     if fit is None:
@@ -255,5 +259,6 @@ def measure_training_peak(config: str, overrides: List[str], world_size: int, st
             proc.returncode = os.waitstatus_to_exitcode(status)
             if proc.returncode != 0:
                 log.seek(0)
-                raise RuntimeError(f"measured training failed ({proc.returncode}): {' '.join(cmd)}\n{log.read()[-4000:]}")
+                raise RuntimeError(f"measured training failed ({proc.returncode}): {' '.join(cmd)}\n"
+                                   f"{log.read()[-4000:]}")
     return int(usage.ru_maxrss) * 1024

@@ -4,13 +4,16 @@
 byte counts, each tagged with the phase in which it is alive:
 
 * ``persistent`` — the whole run: runtime (Python + torch + DGL + DeepSpeed, measured once), interactions,
-  graph and sampler arrays, feature-store cache, model states (parameters, Adam states, ZeRO buffers);
-* ``backward`` — the training step up to the end of backward: the batch (features, blocks), activations
-  saved by the forward pass, parameter gradients, ZeRO-3's gathered module;
-* ``optimizer`` — after backward: gradient flattening/reduction and Adam's temporaries;
+  graph and sampler arrays, feature-store cache, model states (parameters, Adam states, ZeRO buffers), and
+  the heap glibc retains after the first steps;
+* ``backward`` — a training step's forward/backward: the batch (features, blocks), the activations saved
+  for backward, the ID tables' dense gradients (they appear early in backward, next to almost every
+  saved activation), ZeRO-3's gathered module;
+* ``optimizer`` — after backward (the batch is still referenced): all gradients, flattening/reduction
+  buffers and Adam's temporaries;
 * ``inference`` — evaluation's first half: every user/item vector, the full-graph GCN pass, the CSRs;
-* ``ranking`` — its second half: the vectors, the CSRs and one chunk of scores (users x all items);
-* ``setup`` — building the trainer (dataset load, full-graph blocks).
+* ``ranking`` — its second half: the vectors, the CSRs and the score chunks (users x all items);
+* ``setup`` — building the trainer (full-graph blocks).
 
 Peak per rank = persistent + the largest phase.  Bytes are float32 (4) unless noted; the formulas
 follow the code (``model/fusion.py``, ``model/gcn.py``, ``sampler/*``, ``engine/*``, DeepSpeed 0.18's ZeRO
@@ -37,7 +40,6 @@ sampler for a few steps (``probe_blocks``).
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
@@ -49,10 +51,11 @@ from metammf_dist.model.summary import count_parameters
 
 FLOAT = 4
 INDEX = 8
-# RSS of a process that imported torch 2.2.1 + dgl 2.1.0 + deepspeed 0.18.2 + metammf_dist.engine.loop and
-# built an empty DeepSpeed engine (shm comm op loaded), measured on this project's CI machine (x86-64, CPU
-# torch); ``measure_runtime_baseline()`` re-measures it on another machine, ``plan --baseline-mb`` sets it.
-RUNTIME_BASELINE_BYTES = 700 << 20
+# RSS of a process that imported torch 2.2.1 (CPU/CUDA wheel) + dgl 2.1.0 + deepspeed 0.18.2 +
+# metammf_dist.engine.loop: 595-690 MiB measured on this project's machine (x86-64; it varies with the page
+# cache and thread count).  ``measure_runtime_baseline()`` re-measures it, ``plan --baseline-mb`` sets it.
+RUNTIME_BASELINE_BYTES = 640 << 20
+ENGINE_INIT_BYTES = 45 << 20  # DeepSpeed engine init, comm op, autograd/oneDNN state after the first steps
 # Calibrated constants (bytes per unit), from measurements with the current code:
 INTERACTION_TABLE_BYTES = 38  # per interaction (all splits): Parquet -> numpy columns + Arrow pool residue
 TRAIN_COPY_BYTES = 16  # per train interaction: the (user, item) int64 copies the trainer keeps
@@ -68,6 +71,9 @@ ADAM_TEMPS = 3  # torch 2.2 single-tensor Adam: grad + wd*param, sqrt(v), sqrt(v
 GRAD_BACKWARD_EXTRA = 0.5  # share of the largest activation alive again as scratch/gradient (measured)
 DEFAULT_BUCKET = 500_000_000  # DeepSpeed reduce/allreduce bucket (elements)
 DEFAULT_PERSISTENCE = 100_000  # stage3_param_persistence_threshold (elements)
+GLIBC_MMAP_MAX = 32 << 20  # glibc's dynamic mmap threshold never exceeds 32 MiB on 64-bit
+RETENTION = 1.5  # retained heap / small-tensor bytes of a step (glibc, measured 0.9-1.9 on 3 catalogs)
+SCORE_CHUNKS_ALIVE = 2  # evaluation.ranking: ``scores = score_fn(chunk)`` frees the old chunk only afterwards
 
 PHASES = ("persistent", "setup", "backward", "optimizer", "inference", "ranking")
 
@@ -79,6 +85,7 @@ class Component:
     phase: str  # one of PHASES
     where: str = "host"  # host | device (device = the accelerator; on a CPU run both are RSS)
     note: str = ""
+    small: float = 0.0  # bytes in tensors below glibc's largest mmap threshold (they stay in its heap)
 
 
 # ---- degree distributions ------------------------------------------------------------------------------
@@ -306,29 +313,27 @@ def probe_blocks(cfg: Config, steps: int = 2, world_size: int = 1) -> BlockSizes
 
 
 # ---- the model's sizes ---------------------------------------------------------------------------------
-def _fusion_floats_per_item(cfg: Config, feat_dim: int) -> Dict[str, float]:
-    """Floats per item the fusion forward keeps for backward, and the largest single tensor."""
+def _fusion_floats_per_item(cfg: Config, feat_dim: int) -> Dict[str, object]:
+    """Floats per item the fusion forward keeps for backward: ``pieces`` (one per saved tensor, features
+    first), their sum ``saved`` and the largest single tensor's width ``largest``."""
     m = cfg.model
-    saved = float(feat_dim)  # the gathered features (float32)
-    largest = float(feat_dim)
+    pieces = [float(feat_dim)]  # the gathered features (float32)
     if m.feature_norm == "standardize":
-        saved += feat_dim
+        pieces.append(float(feat_dim))
     if m.fusion != "static":
         hidden = feat_dim if m.meta_hidden is None else m.meta_hidden
-        saved += hidden + m.meta_dim  # relu output (Linear's input for the next layer), s
-        largest = max(largest, hidden)
+        pieces += [float(hidden), float(m.meta_dim)]  # relu output (the next Linear's input), s
     widths = [feat_dim] + list(m.fusion_dims)
     for a, b in zip(widths[:-1], widths[1:]):
         if m.fusion == "meta":
-            saved += m.meta_dim * b + b  # u = h.T_k for all k, and the layer output
-            largest = max(largest, m.meta_dim * b)
+            pieces += [float(m.meta_dim * b), float(b)]  # u = h.T_k for all k, and the layer output
         elif m.fusion == "cp":
-            saved += 3 * m.cp_rank + b  # hA, sC, their product; the layer output
+            pieces += [float(m.cp_rank)] * 3 + [float(b)]  # hA, sC, their product; the layer output
         else:
-            saved += b
-        largest = max(largest, b)
-    saved += m.user_id_dim  # the item vector (fusion output ⊕ ID row), kept by the GCN's layer history
-    return {"saved": saved, "largest": largest}
+            pieces.append(float(b))
+    pieces.append(float(m.user_id_dim))  # the item vector (fusion ⊕ ID row), kept by the GCN's layer history
+    largest = max(pieces + [float(feat_dim if m.meta_hidden is None else m.meta_hidden)])
+    return {"pieces": pieces, "saved": sum(pieces), "largest": largest}
 
 
 def _meta_weight_copies(cfg: Config, feat_dim: int) -> float:
@@ -340,24 +345,26 @@ def _meta_weight_copies(cfg: Config, feat_dim: int) -> float:
     return float(sum(cfg.model.meta_dim * a * b for a, b in list(zip(widths[:-1], widths[1:]))[1:]))
 
 
-def _gcn_floats(cfg: Config, blocks: BlockSizes) -> Dict[str, float]:
-    """GraphSAGE (HeteroGraphConv of SAGEConv 'mean', sum aggregate) floats kept for backward.
+def _gcn_floats(cfg: Config, blocks: BlockSizes) -> Dict[str, object]:
+    """GraphSAGE (HeteroGraphConv of SAGEConv 'mean', sum aggregate) tensors kept for backward, in floats.
 
     Per src node of a block: the dropout output and its byte mask.  Per dst node: the neighbour mean
     (fc_neigh's saved input) and the layer output, plus LeakyReLU's input between layers.  While a layer
     runs, fc_self/fc_neigh outputs, their sum and the aggregate's stack exist too (``largest``)."""
     d = cfg.model.user_id_dim
-    saved, largest = 0.0, 0.0
+    pieces: List[float] = []
+    largest = 0.0
     last = len(blocks.layers) - 1
     for index, layer in enumerate(blocks.layers):
-        src = layer["src_users"] + layer["src_items"]
-        dst = layer["dst_users"] + layer["dst_items"]
-        saved += src * d * 1.25
-        saved += dst * d * (2 + (1 if index < last else 0))
-        largest = max(largest, src * d, 4 * dst * d)
+        for ntype in ("users", "items"):
+            src, dst = layer[f"src_{ntype}"], layer[f"dst_{ntype}"]
+            pieces += [src * d, src * d / 4]
+            pieces += [dst * d] * (2 + (1 if index < last else 0))
+            largest = max(largest, src * d, 4 * dst * d)
     if cfg.model.gcn_combine == "mean":  # stack of h^0..h^L of the output nodes, and their mean
-        saved += (len(blocks.layers) + 2) * (blocks.output_users + blocks.output_items) * d
-    return {"saved": saved, "largest": largest}
+        for n_out in (blocks.output_users, blocks.output_items):
+            pieces += [(len(blocks.layers) + 1) * n_out * d, n_out * d]
+    return {"pieces": pieces, "saved": sum(pieces), "largest": largest}
 
 
 def _param_layout(cfg: Config, workload: Workload) -> Dict[str, float]:
@@ -429,9 +436,15 @@ def offload_of(ds_config: dict) -> bool:
 
 
 def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage: int = 0, offload: bool = False,
-                device: str = "cpu", blocks: Optional[BlockSizes] = None, baseline_bytes: float = RUNTIME_BASELINE_BYTES,
-                ds_config: Optional[dict] = None, with_eval: bool = True) -> Plan:
-    """Per-rank memory of training ``cfg`` on ``workload`` with ``world_size`` ranks at ZeRO ``zero_stage``."""
+                device: str = "cpu", blocks: Optional[BlockSizes] = None,
+                baseline_bytes: float = RUNTIME_BASELINE_BYTES,
+                ds_config: Optional[dict] = None, with_eval: bool = True, allocator: str = "glibc") -> Plan:
+    """Per-rank memory of training ``cfg`` on ``workload`` with ``world_size`` ranks at ZeRO ``zero_stage``.
+
+    ``allocator``: "glibc" (the default malloc: adds the heap it retains) or "live" (RSS tracks live bytes,
+    e.g. ``MALLOC_MMAP_THRESHOLD_=65536`` or jemalloc)."""
+    if allocator not in ("glibc", "live"):
+        raise ValueError(f"allocator must be glibc or live, got {allocator!r}")
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"zero stage must be 0-3, got {zero_stage}")
     if world_size < 1:
@@ -443,12 +456,16 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     dev = "device" if device != "cpu" else "host"
     comps: List[Component] = []
 
-    def add(name, nbytes, phase, where="host", note=""):
+    def add(name, nbytes, phase, where="host", note="", tensors=None):
+        """``tensors``: sizes of the single tensors making up ``nbytes`` (default: one tensor)."""
+        tensors = [float(nbytes)] if tensors is None else [float(t) for t in tensors]
         if nbytes:
-            comps.append(Component(name, float(nbytes), phase, where, note))
+            small = sum(t for t in tensors if t < GLIBC_MMAP_MAX)
+            comps.append(Component(name, float(nbytes), phase, where, note, small))
 
     # ---- runtime, data, graph --------------------------------------------------------------------------
-    add("runtime (python, torch, dgl, deepspeed)", baseline_bytes, "persistent", note="measured once")
+    add("runtime (python, torch, dgl, deepspeed)", baseline_bytes, "persistent", note="imports, measured once")
+    add("engine init + first-step state", ENGINE_INIT_BYTES, "persistent", note="calibrated")
     e_all, e_tr = float(workload.num_interactions), float(workload.train_interactions)
     nodes = float(workload.num_users + workload.num_items)
     add("interactions table", INTERACTION_TABLE_BYTES * e_all + TRAIN_COPY_BYTES * e_tr, "persistent",
@@ -486,11 +503,13 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     # "optimizer" phase (the batch is still referenced) holds all gradients + the optimizer's scratch.
     layout = _param_layout(cfg, workload)
     p, p_big, p_small, p_id = layout["total"], layout["total"] - layout["small"], layout["small"], layout["id"]
+    id_tables = [FLOAT * workload.num_users * m.user_id_dim, FLOAT * workload.num_items * m.item_id_dim]
     opt_where = "host" if offload else dev
     if zero_stage == 0:
         add("parameters", FLOAT * p, "persistent", dev, "fp32, replicated")
         add("Adam states (m, v)", 2 * FLOAT * p, "persistent", dev, "replicated")
-        add("ID-table gradients (dense)", FLOAT * p_id, "backward", dev, "whole tables, produced early")
+        add("ID-table gradients (dense)", FLOAT * p_id, "backward", dev, "whole tables, produced early",
+            tensors=id_tables)
         add("gradients", FLOAT * p, "optimizer", dev, "dense, incl. ID tables")
         if n > 1:
             add("all-reduce flat buffer", FLOAT * min(p, bucket), "optimizer", dev)
@@ -502,7 +521,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         add("Adam states (m, v)", 2 * FLOAT * p / n, "persistent", opt_where, f"1/{n}")
         if offload:
             add("offload copy buffer", FLOAT * p / n, "persistent", "host")
-        add("ID-table gradients (dense)", FLOAT * p_id, "backward", dev, "whole tables, produced early")
+        add("ID-table gradients (dense)", FLOAT * p_id, "backward", dev, "whole tables, produced early",
+            tensors=id_tables)
         if zero_stage == 1:
             add("reduce bucket", FLOAT * min(p, bucket), "optimizer", dev, "gradients reduced after backward")
         else:
@@ -528,18 +548,20 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     batch_bytes = FLOAT * items_in * workload.feat_dim
     add("batch features (float32)", batch_bytes, "backward", dev, f"{items_in:,.0f} unique input items")
     add("batch features (float32)", batch_bytes, "optimizer", dev, "the batch lives until the next one")
-    add("fusion activations", FLOAT * items_in * (fusion["saved"] - workload.feat_dim)
-        + FLOAT * _meta_weight_copies(cfg, workload.feat_dim), "backward", dev)
+    weight_copies = FLOAT * _meta_weight_copies(cfg, workload.feat_dim)
+    add("fusion activations", FLOAT * items_in * (fusion["saved"] - workload.feat_dim) + weight_copies, "backward",
+        dev, tensors=[FLOAT * items_in * x for x in fusion["pieces"][1:]] + [weight_copies])
     add("user ID rows", FLOAT * users_in * m.user_id_dim, "backward", dev, f"{users_in:,.0f} unique input users")
     largest = FLOAT * items_in * fusion["largest"]
     if gcn:
         g = _gcn_floats(cfg, blocks)
-        add("GCN activations", FLOAT * g["saved"], "backward", dev)
+        add("GCN activations", FLOAT * g["saved"], "backward", dev, tensors=[FLOAT * x for x in g["pieces"]])
         largest = max(largest, FLOAT * g["largest"])
         if not full:
             block_bytes = BLOCK_BYTES_PER_EDGE * blocks.edges + INDEX * 4 * (users_in + items_in)
-            add("sampled blocks", block_bytes, "backward", note=f"{blocks.edges:,.0f} edges")
-            add("sampled blocks", block_bytes, "optimizer")
+            arrays = [block_bytes / 12] * 12  # ids, eids and formats of each block, per edge type
+            add("sampled blocks", block_bytes, "backward", note=f"{blocks.edges:,.0f} edges", tensors=arrays)
+            add("sampled blocks", block_bytes, "optimizer", tensors=arrays)
             add("sampler scratch", e_tr + INDEX * nodes, "backward", note="excluded-edge mask, lookups")
     add("transient of the largest activation", GRAD_BACKWARD_EXTRA * largest, "backward", dev,
         "its gradient / the next layer's scratch")
@@ -563,23 +585,31 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         add("inference: building the CSRs", SPLIT_CSR_TRANSIENT_PER_EDGE * e_tr, "inference")
         add("ranking: user + item vectors", vec, "ranking", dev)
         add("ranking: exclusion/truth CSRs", csr, "ranking")
-        add("ranking: score chunk", FLOAT * users_chunk * i * 1.1, "ranking", dev,
-            f"{users_chunk:,.0f} users x {i:,.0f} items (+ top-K scratch)")
+        add("ranking: score chunks", SCORE_CHUNKS_ALIVE * FLOAT * users_chunk * i, "ranking", dev,
+            f"{SCORE_CHUNKS_ALIVE} x {users_chunk:,.0f} users x {i:,.0f} items: the previous chunk's scores "
+            "live until the next chunk's are assigned")
+    if allocator == "glibc":
+        # glibc keeps freed blocks below its mmap threshold (dynamic, at most 32 MiB) in its heap: after a few
+        # steps the RSS floor holds about RETENTION x the step's small-tensor bytes (measured 0.9-1.9x).
+        retained = RETENTION * sum(c.small for c in comps if c.phase == "backward" and c.where == "host")
+        add("allocator retention (glibc heap)", retained, "persistent", "host",
+            f"{RETENTION:g} x the step's tensors < 32 MiB; none with MALLOC_MMAP_THRESHOLD_=65536")
     return Plan(comps, world_size, zero_stage, offload, device, blocks, workload,
                 params={**{k: v for k, v in layout.items() if k != "counts"}, "counts": layout["counts"],
                         "eval_user_chunk": cfg.eval.user_chunk})
 
 
 def largest_catalog(cfg: Config, workload: Workload, budget_bytes: float, world_size: int = 1, zero_stage: int = 0,
-                    offload: bool = False, device: str = "cpu", baseline_bytes: float = RUNTIME_BASELINE_BYTES,
-                    where: Optional[str] = None, max_items: int = 10**11) -> Optional[Workload]:
+                    offload: bool = False, device: str = "cpu", where: Optional[str] = None,
+                    max_items: int = 10**11, **plan_kwargs) -> Optional[Workload]:
     """The largest item count (users and interactions scaled with it) whose per-rank peak fits ``budget_bytes``.
 
-    ``where``: compare only host or only device bytes (e.g. GPU memory); None = everything (CPU runs)."""
+    ``where``: compare only host or only device bytes (e.g. GPU memory); None = everything (CPU runs).
+    ``plan_kwargs`` go to ``plan_memory`` (baseline_bytes, ds_config, allocator)."""
 
     def fits(items: int) -> bool:
         wl = workload.scaled(items)
-        plan = plan_memory(cfg, wl, world_size, zero_stage, offload, device, baseline_bytes=baseline_bytes)
+        plan = plan_memory(cfg, wl, world_size, zero_stage, offload, device, **plan_kwargs)
         return plan.peak(where) <= budget_bytes
 
     lo = 1
