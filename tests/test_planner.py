@@ -157,3 +157,21 @@ def test_degree_histograms_keep_their_totals():
     ln = DegreeHistogram.lognormal(50_000, 1e6, cap=500)
     assert ln.num_nodes == pytest.approx(50_000) and ln.total == pytest.approx(1e6, rel=1e-6)
     assert ln.degrees.max() <= 500 * 1.0001
+
+
+def test_plan_names_what_must_be_sharded_at_100m_items_on_64_gpus(config):
+    from metammf_dist.planner import cli_plan
+
+    parser = argparse.ArgumentParser()
+    cli_plan.add_arguments(parser)
+    args = parser.parse_args([config, "model.fusion_dims=[1024,512,256,32]", "--world-size", "64", "--zero-stage", "3",
+                              "--device", "cuda", "--users", "100000000", "--items", "100000000", "--interactions",
+                              "1000000000", "--feat-dim", "384", "--mem-per-rank-gb", "80", "--json"])
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert cli_plan.run(args) == 0
+    out = json.loads(buf.getvalue().strip().splitlines()[-1])
+    assert not out["fits"] and 0 < out["largest_items"] < 100_000_000
+    advice = " ".join(out["must_shard"])
+    assert "user ID table" in advice and "item ID table" in advice and "row-sharded" in advice
+    assert "partition the graph" in advice

@@ -115,7 +115,8 @@ def format_plan(plan: mem.Plan) -> str:
 
 
 def shard_advice(plan: mem.Plan, budget: float) -> List[str]:
-    """Tensors and structures whose unsharded per-rank bytes exceed ``SHARD_FRACTION`` of the budget."""
+    """For a plan over budget: tensors and structures whose unsharded per-rank bytes exceed ``SHARD_FRACTION``
+    of the budget (what has to be split across ranks for the run to fit)."""
     wl, cfg_counts = plan.workload, plan.params["counts"]
     out = []
     per_elem = 8 if plan.zero_stage == 3 else (16 if plan.zero_stage == 0 else 8)
@@ -133,6 +134,10 @@ def shard_advice(plan: mem.Plan, budget: float) -> List[str]:
         ok = max(1, int(SHARD_FRACTION * budget // per_user))
         out.append(f"evaluation scores: {_size(chunk[0].bytes)} per chunk ({chunk[0].note}): lower eval.user_chunk "
                    f"to <= {ok:,} (or shard the items across ranks for ranking)")
+    pass_ = [c for c in plan.components if c.name == "inference: vectors + full-graph pass"]
+    if pass_ and pass_[0].bytes > SHARD_FRACTION * budget:
+        out.append(f"evaluation's full-graph pass: {_size(pass_[0].bytes)} per rank ({pass_[0].note}, every rank "
+                   f"computes every vector): split the vectors and the GCN pass across ranks")
     graph = sum(c.bytes for c in plan.components if c.phase == "persistent" and
                 any(k in c.name for k in ("interactions", "sampler", "epoch", "CSC", "blocks")))
     if graph > SHARD_FRACTION * budget:
@@ -173,7 +178,8 @@ def run(args) -> int:
         "largest_items": fit.num_items if fit else 0,
         "largest_users": fit.num_users if fit else 0,
         "largest_interactions": fit.num_interactions if fit else 0,
-        "must_shard": shard_advice(plan, budget),
+        "fits": plan.peak(where) <= budget,
+        "must_shard": [] if plan.peak(where) <= budget else shard_advice(plan, budget),
     }
     if args.measure_steps > 0:
         measured = measure_training_peak(args.config, _measure_overrides(args), args.world_size, args.measure_steps,
@@ -201,6 +207,8 @@ def run(args) -> int:
         print(f"largest catalog within {_size(budget)} per rank{' (device memory)' if where else ''}: "
               f"{fit.num_items:,} items, {fit.num_users:,} users, {fit.num_interactions:,} interactions "
               f"(users and interactions scaled with the items)")
+    if result["fits"]:
+        print(f"this run fits {_size(budget)} per rank")
     for line in result["must_shard"]:
         print(f"must shard: {line}")
     if "measured_peak_bytes" in result:
