@@ -458,9 +458,9 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
 
     def add(name, nbytes, phase, where="host", note="", tensors=None):
         """``tensors``: sizes of the single tensors making up ``nbytes`` (default: one tensor)."""
-        tensors = [float(nbytes)] if tensors is None else [float(t) for t in tensors]
+        sizes = [float(nbytes)] if tensors is None else [float(x) for x in tensors]
         if nbytes:
-            small = sum(t for t in tensors if t < GLIBC_MMAP_MAX)
+            small = sum(x for x in sizes if x < GLIBC_MMAP_MAX)
             comps.append(Component(name, float(nbytes), phase, where, note, small))
 
     # ---- runtime, data, graph --------------------------------------------------------------------------
