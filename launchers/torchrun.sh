@@ -22,6 +22,7 @@
 # Defaults added when the flag is absent:
 #   --nproc-per-node  GPUs visible (CUDA_VISIBLE_DEVICES, else nvidia-smi -L), 1 when there is none
 #   one node (no --nnodes or --nnodes 1, no --rdzv-endpoint): --standalone (c10d store on a free local port)
+#                     and --local-addr 127.0.0.1 (workers find the store even where the hostname does not resolve)
 #   several nodes: --rdzv-backend c10d, --rdzv-id metammf (both must match on every node)
 # Environment: PYTHON  interpreter with metammf-dist installed (default: REPO/.venv/bin/python, else python3)
 #              OMP_NUM_THREADS  threads per process (default 1: N processes on N cores)
@@ -79,6 +80,9 @@ fi
 nnodes=$(value_of --nnodes); nnodes=${nnodes:-1}
 if [ "$nnodes" = 1 ] && ! has --rdzv-endpoint && ! has --master-addr; then
   has --standalone || extra+=(--standalone)
+  # Workers reach the agent's store at this address; the default (this host's name) does not resolve in
+  # every container or compute node.
+  has --local-addr || extra+=(--local-addr 127.0.0.1)
 elif has --rdzv-endpoint; then
   has --rdzv-backend || extra+=(--rdzv-backend c10d)
   has --rdzv-id || extra+=(--rdzv-id metammf)

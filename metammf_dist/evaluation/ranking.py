@@ -211,6 +211,7 @@ def local_ranking_sums(
         fixed = torch.stack([torch.round(per_user[key] * FIXED_POINT_SCALE) for key in keys])
         totals[:-1] += fixed.to(torch.int64).sum(1).cpu()
         totals[-1] += chunk.numel()
+        del scores, values, items, hits  # free this chunk's scores before the next chunk allocates its own
     return totals
 
 

@@ -73,7 +73,7 @@ DEFAULT_BUCKET = 500_000_000  # DeepSpeed reduce/allreduce bucket (elements)
 DEFAULT_PERSISTENCE = 100_000  # stage3_param_persistence_threshold (elements)
 GLIBC_MMAP_MAX = 32 << 20  # glibc's dynamic mmap threshold never exceeds 32 MiB on 64-bit
 RETENTION = 1.5  # retained heap / small-tensor bytes of a step (glibc, measured 0.9-1.9 on 3 catalogs)
-SCORE_CHUNKS_ALIVE = 2  # evaluation.ranking: ``scores = score_fn(chunk)`` frees the old chunk only afterwards
+SCORE_CHUNKS_ALIVE = 1  # evaluation.ranking frees each chunk's scores before scoring the next chunk
 
 PHASES = ("persistent", "setup", "backward", "optimizer", "inference", "ranking")
 
@@ -586,8 +586,7 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         add("ranking: user + item vectors", vec, "ranking", dev)
         add("ranking: exclusion/truth CSRs", csr, "ranking")
         add("ranking: score chunks", SCORE_CHUNKS_ALIVE * FLOAT * users_chunk * i, "ranking", dev,
-            f"{SCORE_CHUNKS_ALIVE} x {users_chunk:,.0f} users x {i:,.0f} items: the previous chunk's scores "
-            "live until the next chunk's are assigned")
+            f"{SCORE_CHUNKS_ALIVE} x {users_chunk:,.0f} users x {i:,.0f} items")
     if allocator == "glibc":
         # glibc keeps freed blocks below its mmap threshold (dynamic, at most 32 MiB) in its heap: after a few
         # steps the RSS floor holds about RETENTION x the step's small-tensor bytes (measured 0.9-1.9x).
