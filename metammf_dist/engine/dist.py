@@ -71,7 +71,8 @@ def init_distributed(timeout_s: int = 600) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available()
     backend = "nccl" if use_cuda else "gloo"
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    # local_rank modulo the visible GPUs: under `srun --gpus-per-task=1` each task sees only its own GPU
+    device = torch.device("cuda", local_rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
     if world == 1 and "MASTER_ADDR" not in os.environ:
