@@ -6,7 +6,6 @@ order gives the same bits) and ties are frequent, which exercises the lower-item
 """
 import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from metammf_dist.config import load_config
 from metammf_dist.data.dataset import Dataset

@@ -117,7 +117,7 @@ def format_plan(plan: mem.Plan) -> str:
 def shard_advice(plan: mem.Plan, budget: float) -> List[str]:
     """For a plan over budget: tensors and structures whose unsharded per-rank bytes exceed ``SHARD_FRACTION``
     of the budget (what has to be split across ranks for the run to fit)."""
-    wl, cfg_counts = plan.workload, plan.params["counts"]
+    cfg_counts = plan.params["counts"]
     out = []
     per_elem = 8 if plan.zero_stage == 3 else (16 if plan.zero_stage == 0 else 8)
     what = {0: "params + grads + Adam, replicated", 1: "params + grads, replicated", 2: "params + grads, replicated",
