@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from metammf_dist.data.dataset import DatasetWriter
-from metammf_dist.data.mmrec import choose_dtype, load_feature_array, stream_features
+from metammf_dist.data.mmrec import check_same_rows, choose_dtype, load_feature_array, stream_features
 from metammf_dist.data.splits import per_user_split
 from metammf_dist.errors import DataError
 
@@ -96,11 +96,7 @@ def open_features(src: Path) -> tuple[dict, dict]:
         if path is None:
             continue
         arr = load_feature_array(path)
-        if first is None:
-            first = (path, arr.shape[0])
-        elif arr.shape[0] != first[1]:
-            raise DataError(f"{path} has {arr.shape[0]:,} rows but {first[0]} has {first[1]:,}; every modality "
-                            "needs one row per item")
+        first = check_same_rows(first, path, arr)
         features[name], files[name] = arr, path.name
     if not features:
         raise DataError(f"{src}: no feature files (v_feat*.npy, a_feat*.npy or t_feat*.npy)")

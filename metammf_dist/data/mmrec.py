@@ -130,13 +130,19 @@ def open_features(src: Path) -> dict:
         if not name:
             raise DataError(f"{path}: feature file needs a modality prefix (e.g. image{FEATURE_SUFFIX})")
         arr = load_feature_array(path)
-        if first is None:
-            first = (path, arr.shape[0])
-        elif arr.shape[0] != first[1]:
-            raise DataError(f"{path} has {arr.shape[0]:,} rows but {first[0]} has {first[1]:,}; every modality "
-                            "needs one row per item")
+        first = check_same_rows(first, path, arr)
         features[name] = arr
     return features
+
+
+def check_same_rows(first, path: Path, arr: np.ndarray):
+    """``first`` = (path, rows) of the first modality seen (None before any); errors on a row-count mismatch."""
+    if first is None:
+        return (path, arr.shape[0])
+    if arr.shape[0] != first[1]:
+        raise DataError(f"{path} has {arr.shape[0]:,} rows but {first[0]} has {first[1]:,}; every modality "
+                        "needs one row per item")
+    return first
 
 
 def load_feature_array(path: Path) -> np.ndarray:

@@ -31,6 +31,7 @@ def run(args) -> int:
 
     from metammf_dist.engine.inference import compute_vectors, split_csr
     from metammf_dist.engine.restore import restore
+    from metammf_dist.evaluation.ranking import fill_excluded
 
     cfg, ds, store, graph, model, tag = restore(args.run_dir, args.data, args.checkpoint)
     out = Path(args.out or Path(args.run_dir) / "export")
@@ -44,8 +45,7 @@ def run(args) -> int:
     for lo in range(0, ds.num_users, cfg.eval.user_chunk):
         hi = min(lo + cfg.eval.user_chunk, ds.num_users)
         scores = user_vecs[lo:hi] @ item_vecs.T
-        _, seen_items, seen_rows = excl.gather(torch.arange(lo, hi))
-        scores[seen_rows, seen_items] = -float("inf")  # train + valid items are never recommended
+        fill_excluded(scores, excl, torch.arange(lo, hi))  # train + valid items are never recommended
         top = torch.topk(scores, k, dim=1)
         cols["user"].append(np.repeat(np.arange(lo, hi), k))
         cols["rank"].append(np.tile(np.arange(k), hi - lo))

@@ -144,7 +144,7 @@ def topk_lowest_id(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Te
     return values.gather(1, order), indices.gather(1, order)
 
 
-def _fill_excluded(scores: torch.Tensor, exclude: CSR, chunk_users: torch.Tensor) -> None:
+def fill_excluded(scores: torch.Tensor, exclude: CSR, chunk_users: torch.Tensor) -> None:
     """Set each user's excluded items to -inf, in place."""
     _, cols, local_row = exclude.gather(chunk_users)
     if cols.numel():
@@ -201,7 +201,7 @@ def local_ranking_sums(
         scores = score_fn(chunk)
         if scores.shape != (chunk.numel(), num_items):
             raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {(chunk.numel(), num_items)}")
-        _fill_excluded(scores, exclude, chunk)
+        fill_excluded(scores, exclude, chunk)
         values, items = topk_lowest_id(scores, k_eff)
         truth_indptr, truth_items, _ = truth.gather(chunk)
         hits = hit_matrix(items, truth_indptr, truth_items, valid=values > float("-inf"))
