@@ -62,7 +62,7 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = full epoch (benchmarks and smoke tests cap it)
     log_every: int = 10
     graph_backend: str = "dgl"  # dgl | torch (torch-only graph, sampler and GCN path: no DGL needed)
-    fusion_cache_refresh: int = 0  # 0 = off; K = refresh non-seed neighbour fusion cache every K steps
+    fusion_cache_refresh: int = 0  # 0 = off; K > 0: neighbour items read a fusion cache refreshed every K steps
 
 
 @dataclass
@@ -175,6 +175,13 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"config key '{key}': must be positive, got {value}")
     if not cfg.model.fusion_dims:
         raise ConfigError("config key 'model.fusion_dims': needs at least one output dim")
+    if cfg.train.fusion_cache_refresh < 0:
+        raise ConfigError(f"config key 'train.fusion_cache_refresh': must be >= 0 (0 = off), got {cfg.train.fusion_cache_refresh}")
+    if cfg.train.fusion_cache_refresh > 0 and (cfg.model.scorer != "gcn" or cfg.train.sampler != "neighbor"):
+        raise ConfigError(
+            "config key 'train.fusion_cache_refresh': the fusion cache needs model.scorer=gcn and train.sampler=neighbor "
+            f"(got {cfg.model.scorer} / {cfg.train.sampler}); set it to 0"
+        )
     if cfg.model.scorer == "gcn" and len(cfg.train.fanouts) != cfg.model.gcn_layers:
         raise ConfigError(
             f"config key 'train.fanouts': {len(cfg.train.fanouts)} fan-outs for model.gcn_layers={cfg.model.gcn_layers}"

@@ -40,14 +40,19 @@ class Checkpoints:
         barrier(info)
 
     # -- saving -----------------------------------------------------------------------------------
-    def save(self, engine, tag: str, state: dict, keep: set, keep_last: int = 2) -> None:
-        """Collective: every rank calls it.  ``state`` is the trainer's resumable state (json-able)."""
+    def save(self, engine, tag: str, state: dict, keep: set, keep_last: int = 2, extras: Optional[dict] = None) -> None:
+        """Collective: every rank calls it.  ``state`` is the trainer's resumable state (json-able).
+
+        ``extras``: ``{file name: write(path)}`` — files rank 0 writes into the tag before it is marked
+        complete (e.g. the fusion cache)."""
         if self.info.is_main:
             self._remove_incomplete()
         barrier(self.info)
         engine.save_checkpoint(str(self.root), tag=tag, client_state={"trainer": state}, save_latest=False)
         barrier(self.info)
         if self.info.is_main:
+            for name, write in (extras or {}).items():
+                write(self.root / tag / name)
             _atomic_write_json(self.root / tag / MARKER, {"tag": tag, "trainer": state})
             _atomic_write_json(self.root / "latest.json", {"tag": tag})
             recent = sorted(d.name for d in self.root.iterdir() if (d / MARKER).exists())[-max(keep_last, 1):]

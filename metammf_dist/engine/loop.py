@@ -25,6 +25,7 @@ from metammf_dist.data.feature_stats import feature_moments
 from metammf_dist.engine.checkpoint import Checkpoints, tag_for
 from metammf_dist.engine.deepspeed_engine import build_engine, gathered_parameters, load_ds_config
 from metammf_dist.engine.dist import DistInfo, init_distributed, log_main
+from metammf_dist.engine.fusion_cache import FILE_NAME as FUSION_CACHE_FILE, FusionCache
 from metammf_dist.engine.inference import compute_vectors, split_csr
 from metammf_dist.engine.objective import BPRObjective
 from metammf_dist.engine.run_dir import RunDir
@@ -79,6 +80,14 @@ class Trainer:
         )
         self.ckpt = Checkpoints(cfg.run_dir, self.info)
         self.state = TrainerState()
+        self.fusion_cache: Optional[FusionCache] = None
+        if cfg.train.fusion_cache_refresh > 0:
+            self.fusion_cache = FusionCache(
+                self.ds.num_items, cfg.model.fusion_dims[-1], cfg.train.fusion_cache_refresh, rank=self.info.rank,
+                world_size=self.info.world_size, distributed=self.info.distributed, chunk=cfg.eval.item_chunk,
+                device=self.info.device,
+            )
+            self.batches.seed_features_only = True
 
     # -- public -----------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -90,6 +99,8 @@ class Trainer:
                 log_main(info, f"--resume: no complete checkpoint in {self.ckpt.root}; starting fresh")
             else:
                 self.state = TrainerState(**self.ckpt.load(self.engine, tag))
+                if self.fusion_cache is not None:
+                    self.fusion_cache.load(self.ckpt.root / tag / FUSION_CACHE_FILE)
                 log_main(info, f"resumed from {tag} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
         while self.state.epoch < cfg.train.epochs and self.state.bad_evals < cfg.train.patience:
             self._train_epoch(self.state.epoch)
@@ -135,8 +146,11 @@ class Trainer:
             if step >= n_steps:
                 break
             torch.manual_seed(_step_seed(cfg.train.seed, epoch, step, info.rank))
-            attach_features(batch, self.store)  # no-op when the prefetch thread already fetched them
+            seeds_only = self.fusion_cache is not None
+            attach_features(batch, self.store, seeds_only)  # no-op when the prefetch thread already fetched them
             batch = _to_device(batch, info.device)
+            if seeds_only:
+                self._use_fusion_cache(batch)
             loss = self.engine(batch)
             self._check_finite(loss, epoch, step)
             self.engine.backward(loss)
@@ -173,9 +187,25 @@ class Trainer:
         if st.best_tag == tag:
             self.ckpt.mark_best(tag, {"epoch": st.best_epoch, cfg.eval.metric: st.best_metric})
 
+    def _use_fusion_cache(self, batch) -> None:
+        """Seed items keep exact fusion (their features are in ``batch.item_feats``); the other input items
+        read the cache, refreshed first when this global step is due."""
+        cache = self.fusion_cache
+        if cache.due(self.state.global_step):
+            with gathered_parameters(self.engine):
+                cache.refresh(self.model, self.store, self.state.global_step)
+        n_seed = int(batch.output_items.numel())
+        if batch.item_feats.shape[0] != n_seed or not torch.equal(batch.input_items[:n_seed], batch.output_items):
+            raise TrainingError("fusion cache: the batch's seed items are not the first input items")
+        batch.cached_fusion = cache.lookup(batch.input_items[n_seed:])
+
     def _save(self, tag: str) -> None:
         keep = {self.state.best_tag} if self.state.best_tag else set()
-        self.ckpt.save(self.engine, tag, asdict(self.state), keep=keep, keep_last=self.cfg.train.keep_checkpoints)
+        extras = {}
+        if self.fusion_cache is not None and self.fusion_cache.fused is not None:
+            extras[FUSION_CACHE_FILE] = self.fusion_cache.save
+        self.ckpt.save(self.engine, tag, asdict(self.state), keep=keep, keep_last=self.cfg.train.keep_checkpoints,
+                       extras=extras)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])
@@ -196,7 +226,7 @@ def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
 def _to_device(batch, device: torch.device):
     if device.type == "cpu":
         return batch
-    for name in ("input_users", "input_items", "pos_u", "pos_i", "neg_u", "neg_i", "item_feats"):
+    for name in ("input_users", "input_items", "output_items", "pos_u", "pos_i", "neg_u", "neg_i", "item_feats"):
         value = getattr(batch, name, None)
         if value is not None:
             setattr(batch, name, value.to(device, non_blocking=True))

@@ -16,7 +16,8 @@ class BPRObjective(nn.Module):
         self.model = model
 
     def forward(self, batch) -> torch.Tensor:
-        out = self.model.forward_blocks(batch.blocks, batch.input_users, batch.input_items, batch.item_feats)
+        out = self.model.forward_blocks(batch.blocks, batch.input_users, batch.input_items, batch.item_feats,
+                                        getattr(batch, "cached_fusion", None))
         users, items = out["user"], out["item"]
         pos = self.model.score(users[batch.pos_u], items[batch.pos_i])  # [P]
         neg = self.model.score(users[batch.neg_u], items[batch.neg_i])  # [P * num_negatives]

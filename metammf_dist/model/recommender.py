@@ -81,15 +81,28 @@ class MetaMMFRecommender(nn.Module):
         return self.fusion.meta_learner
 
     # ---- vectors -------------------------------------------------------------------------------
-    def item_vectors(self, item_ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """``[n, D]`` = fusion(feats) ⊕ ID row; ids ≥ num_items (cold start) get the mean ID row."""
-        if feats.shape[0] != item_ids.shape[0]:
-            raise ValueError(f"item_vectors: {item_ids.shape[0]} ids but {feats.shape[0]} feature rows")
+    def fuse(self, feats: torch.Tensor) -> torch.Tensor:
+        """The fusion part of item vectors: ``fusion((feats - mean) / std)`` -> ``[n, fusion_dims[-1]]``."""
         weight = self.item_emb.weight
         feats = feats.to(device=weight.device, dtype=weight.dtype)
         if hasattr(self, "feat_mean"):
             feats = (feats - self.feat_mean) / self.feat_std
-        fused = self.fusion(feats)
+        return self.fusion(feats)
+
+    def item_vectors(self, item_ids: torch.Tensor, feats: torch.Tensor,
+                     fused_rest: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[n, D]`` = fusion(feats) ⊕ ID row; ids ≥ num_items (cold start) get the mean ID row.
+
+        ``fused_rest`` (fusion cache): precomputed fusion outputs for ``item_ids[len(feats):]``, used as
+        they are (no gradient reaches the fusion through them); the ID rows of all ids stay live."""
+        n_rest = 0 if fused_rest is None else fused_rest.shape[0]
+        if feats.shape[0] + n_rest != item_ids.shape[0]:
+            raise ValueError(f"item_vectors: {item_ids.shape[0]} ids but {feats.shape[0]} feature rows"
+                             + (f" + {n_rest} cached fusion rows" if n_rest else ""))
+        weight = self.item_emb.weight
+        fused = self.fuse(feats)
+        if n_rest:
+            fused = torch.cat([fused, fused_rest.detach().to(device=fused.device, dtype=fused.dtype)])
         return torch.cat([fused, self.item_emb(item_ids.to(weight.device))], dim=1)
 
     def user_vectors(self, user_ids: torch.Tensor) -> torch.Tensor:
@@ -102,20 +115,27 @@ class MetaMMFRecommender(nn.Module):
         input_users: torch.Tensor,
         input_items: torch.Tensor,
         input_item_feats: torch.Tensor,
+        cached_fusion: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """Vectors of the dst nodes of ``blocks[-1]``: ``{"user": [n_dst_user, D], "item": [n_dst_item, D]}``.
 
         ``input_users`` / ``input_items``: global ids of ``blocks[0]``'s src nodes per type (in block
         order); ``input_item_feats``: their multimodal features.  MF: see the module docstring.
+        ``cached_fusion`` (fusion cache, GCN scorer): ``input_item_feats`` then covers only the first
+        rows of ``input_items`` (the seed items, exact fusion) and ``cached_fusion`` gives the fusion
+        outputs of the remaining (neighbour) items, without gradient.
         """
         if self.gcn is None:
+            if cached_fusion is not None:
+                raise ValueError("forward_blocks: cached_fusion needs the GCN scorer (MF has no neighbour items)")
             if blocks:
                 n_user = blocks[-1].num_dst_nodes("user")
                 n_item = blocks[-1].num_dst_nodes("item")
                 input_users, input_items = input_users[:n_user], input_items[:n_item]
                 input_item_feats = input_item_feats[:n_item]
             return {"user": self.user_vectors(input_users), "item": self.item_vectors(input_items, input_item_feats)}
-        feats = {"user": self.user_vectors(input_users), "item": self.item_vectors(input_items, input_item_feats)}
+        feats = {"user": self.user_vectors(input_users),
+                 "item": self.item_vectors(input_items, input_item_feats, fused_rest=cached_fusion)}
         return self.gcn(blocks, feats)
 
     def forward_graph(self, g, item_feats_all: torch.Tensor, chunk_size: int = 8192) -> Dict[str, torch.Tensor]:
@@ -138,9 +158,9 @@ class MetaMMFRecommender(nn.Module):
             return vectors
         return self.gcn.forward_graph(g, vectors)
 
-    def forward(self, blocks, input_users, input_items, input_item_feats) -> Dict[str, torch.Tensor]:
+    def forward(self, blocks, input_users, input_items, input_item_feats, cached_fusion=None) -> Dict[str, torch.Tensor]:
         """Same as ``forward_blocks`` (so wrappers that call the module, e.g. DeepSpeed engines, work)."""
-        return self.forward_blocks(blocks, input_users, input_items, input_item_feats)
+        return self.forward_blocks(blocks, input_users, input_items, input_item_feats, cached_fusion)
 
     @staticmethod
     def score(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:

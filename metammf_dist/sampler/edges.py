@@ -43,6 +43,7 @@ class MiniBatch:
     neg_i: torch.Tensor  # [P * num_negatives] indices into output_items
     num_pos: int
     item_feats: Optional[torch.Tensor] = field(default=None, repr=False)  # filled by features.attach_features
+    cached_fusion: Optional[torch.Tensor] = field(default=None, repr=False)  # fusion cache rows of non-seed items
 
     @property
     def num_input_users(self) -> int:
@@ -66,7 +67,7 @@ class MiniBatch:
     def to(self, device: torch.device, non_blocking: bool = False) -> "MiniBatch":
         """Moves tensors and blocks to ``device`` in place; returns self."""
         for name in ("seed_eids", "input_users", "input_items", "output_users", "output_items",
-                     "pos_u", "pos_i", "neg_u", "neg_i", "item_feats"):
+                     "pos_u", "pos_i", "neg_u", "neg_i", "item_feats", "cached_fusion"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device, non_blocking=non_blocking))
@@ -78,6 +79,7 @@ class EdgeBatches:
     """Plain edge batches: this rank's positives with their negatives, no graph blocks."""
 
     kind = "edges"
+    seed_features_only = False  # fusion cache on: the feature stage reads only the seed (output) items
 
     def __init__(self, graph, *, batch_size: int, num_negatives: int, seed: int,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0):
@@ -107,7 +109,7 @@ class EdgeBatches:
         """
         batches = self._generate(int(epoch), int(start_step))
         if self.num_workers > 0 or store is not None:
-            return prefetch(batches, store, ahead=self.num_workers)
+            return prefetch(batches, store, ahead=self.num_workers, seeds_only=self.seed_features_only)
         return batches
 
     # -- stages -----------------------------------------------------------------------------------

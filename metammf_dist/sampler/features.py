@@ -3,6 +3,8 @@
 ``attach_features(batch, store)`` takes a ``MiniBatch`` and any store with
 ``gather_concat(ids: np.ndarray) -> np.ndarray [len(ids), dim] float32`` (the sharded feature store,
 or anything array-backed); gives the batch with ``item_feats`` filled, rows in ``input_items`` order.
+With ``seeds_only`` (fusion cache on) only the seed items' rows are read: ``output_items``, which are
+the first rows of ``input_items``.
 
 ``prefetch(batches, store, ahead)`` takes an iterator of batches (sampling happens when it is
 advanced); gives the same batches with features attached, produced ``ahead`` batches in advance by
@@ -22,11 +24,12 @@ import torch
 _DONE = object()
 
 
-def attach_features(batch, store):
+def attach_features(batch, store, seeds_only: bool = False):
     """Fills ``batch.item_feats`` from ``store`` (no-op if already filled); returns the batch."""
     if batch.item_feats is not None:
         return batch
-    ids = np.ascontiguousarray(batch.input_items.cpu().numpy(), dtype=np.int64)
+    wanted = batch.output_items if seeds_only else batch.input_items
+    ids = np.ascontiguousarray(wanted.cpu().numpy(), dtype=np.int64)
     feats = np.asarray(store.gather_concat(ids))
     if feats.ndim != 2 or feats.shape[0] != ids.size:
         raise ValueError(
@@ -41,11 +44,11 @@ class _Failure:
         self.exc = exc
 
 
-def prefetch(batches: Iterable, store=None, ahead: int = 1) -> Iterator:
+def prefetch(batches: Iterable, store=None, ahead: int = 1, seeds_only: bool = False) -> Iterator:
     """Yields ``batches`` (features attached when ``store`` is given), made ``ahead`` steps early."""
     if ahead <= 0:
         for batch in batches:
-            yield attach_features(batch, store) if store is not None else batch
+            yield attach_features(batch, store, seeds_only) if store is not None else batch
         return
 
     slots: queue.Queue = queue.Queue(maxsize=ahead)
@@ -64,7 +67,7 @@ def prefetch(batches: Iterable, store=None, ahead: int = 1) -> Iterator:
         try:
             for batch in batches:
                 if store is not None:
-                    attach_features(batch, store)
+                    attach_features(batch, store, seeds_only)
                 if not put(batch):
                     return
             put(_DONE)

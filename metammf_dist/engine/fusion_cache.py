@@ -1,0 +1,99 @@
+"""Fusion cache: the item fusion outputs of the whole catalog, refreshed every K training steps.
+
+A 2-hop neighbourhood of a 3,000-edge batch reaches a large share of a big catalog (about a fifth of
+1M items with fan-outs [10, 10]), and fusing each of those items (features from the shard store, the
+meta-learner and the meta layers) is what a sampled step spends most of its time and memory on.  With
+``train.fusion_cache_refresh: K`` the trainer
+
+* fuses only the step's **seed items** (its positive and negative items, the dst items of the last
+  block) exactly, with gradient, from their features;
+* takes the fusion outputs of all other (neighbour) input items from this cache: no features are read
+  for them, and no gradient flows through them (their ID rows and the GCN still get gradients);
+* recomputes the whole cache, without gradient, before every step whose global step is a multiple of K
+  (and before the first step).
+
+The cache is a snapshot of the fusion at the last refresh, identical on every rank: the catalog is cut
+into fixed chunks, rank r fuses chunks r, r + W, ..., and one all-reduce (a sum with zeros elsewhere,
+which is exact) assembles it.  It is saved with each checkpoint (``fusion_cache.pt``, rank 0), so a
+resumed run continues with the same cache as an uninterrupted one.
+
+Memory: ``num_items x fusion_dims[-1]`` float32 per rank (128 MB at 1M items and 32 dims).  Cost of a
+refresh: one no-grad fusion pass over the catalog, split across ranks; amortised over K steps.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+FILE_NAME = "fusion_cache.pt"
+
+
+class FusionCache:
+    def __init__(self, num_items: int, dim: int, refresh_every: int, *, rank: int = 0, world_size: int = 1,
+                 distributed: bool = False, chunk: int = 8192, device: torch.device = torch.device("cpu")):
+        if refresh_every <= 0:
+            raise ValueError(f"FusionCache: refresh_every must be > 0, got {refresh_every}")
+        self.num_items, self.dim, self.refresh_every = int(num_items), int(dim), int(refresh_every)
+        self.rank, self.world_size, self.distributed = int(rank), int(world_size), bool(distributed)
+        self.chunk, self.device = int(chunk), device
+        self.fused: Optional[torch.Tensor] = None
+        self.refreshed_at = -1  # global step of the last refresh
+        self.refreshes = 0
+
+    def due(self, global_step: int) -> bool:
+        """Refresh before ``global_step``?  Before the first step, then at every multiple of K."""
+        if self.fused is None:
+            return True
+        return global_step % self.refresh_every == 0 and self.refreshed_at != global_step
+
+    @torch.no_grad()
+    def refresh(self, model, store, global_step: int) -> None:
+        """Collective: recompute every item's fusion output (``model.fuse``) with the current weights.
+
+        Under ZeRO-3 call it inside ``gathered_parameters(engine)``."""
+        out = torch.zeros(self.num_items, self.dim, dtype=torch.float32, device=self.device)
+        n_chunks = -(-self.num_items // self.chunk)
+        # every rank makes the same number of fusion calls (an empty one when it has no chunk left): under
+        # ZeRO-3 each module call runs the engine's parameter hooks, which must line up across ranks
+        for rnd in range(-(-n_chunks // self.world_size)):
+            c = rnd * self.world_size + self.rank
+            lo = min(c * self.chunk, self.num_items)
+            hi = min(lo + self.chunk, self.num_items)
+            feats = np.asarray(store.gather_concat(np.arange(lo, hi, dtype=np.int64)), dtype=np.float32)
+            feats = feats.reshape(hi - lo, model.feat_dim)
+            out[lo:hi] = model.fuse(torch.from_numpy(feats).to(self.device)).float()
+        if self.distributed and self.world_size > 1:
+            tdist.all_reduce(out)
+        self.fused, self.refreshed_at = out, int(global_step)
+        self.refreshes += 1
+
+    def lookup(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """Cached fusion rows of ``item_ids`` (``[n, dim]``, no gradient)."""
+        if self.fused is None:
+            raise RuntimeError("FusionCache.lookup before the first refresh")
+        return self.fused[item_ids.to(self.fused.device)]
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"fused": self.fused, "refreshed_at": self.refreshed_at, "refresh_every": self.refresh_every}
+
+    def save(self, path: Path) -> None:
+        tmp = Path(path).with_name(Path(path).name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+
+    def load(self, path: Path) -> bool:
+        """Restore from ``path`` if it exists and matches this catalog; returns whether it did."""
+        path = Path(path)
+        if not path.exists():
+            return False
+        blob = torch.load(path, map_location=self.device, weights_only=False)
+        fused = blob.get("fused")
+        if fused is None or tuple(fused.shape) != (self.num_items, self.dim):
+            return False
+        self.fused, self.refreshed_at = fused.to(self.device), int(blob["refreshed_at"])
+        return True
