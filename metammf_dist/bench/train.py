@@ -52,7 +52,7 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[2]
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
-MODES = ("neighbor", "full")
+MODES = ("neighbor", "full", "cached")  # cached: neighbor + fusion cache refreshed once per epoch
 TARGETS = {"kwai_epoch_speedup": 3.0, "kwai_peak_mem_ratio": 5.0}
 
 
@@ -99,6 +99,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training process")
     parser.add_argument("--shapes", default="movielens,kwai", help="comma list of shapes to run")
     parser.add_argument("--fanouts", default=None, help="sampled mode's fan-outs, e.g. 5,5 (default 10,10)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="variants per shape: neighbor (sampled), full (--sampler full), cached (sampled + "
+                             "fusion cache refreshed every epoch's worth of steps)")
     parser.add_argument("--workdir", default="bench_out/train", help="synthetic datasets and run folders")
     parser.add_argument("--zero-stages", default="0,1,2,3", help="ZeRO stages for the 2-rank part ('' = skip)")
     parser.add_argument("--zero-steps", type=int, default=None, help="steps per ZeRO run (default 30, quick 4)")
@@ -134,12 +137,14 @@ def store_mb(shape: Shape) -> int:
     return math.ceil(groups * 1024 * shape.feat_dim * 2 / 2**20) + 1
 
 
-def train_overrides(shape: Shape, data_path: str, run_dir: str, mode: str) -> List[str]:
-    return [
+def train_overrides(shape: Shape, data_path: str, run_dir: str, mode: str, cache_refresh: int = 0) -> List[str]:
+    extra = [f"train.fusion_cache_refresh={cache_refresh}"] if mode == "cached" else []
+    sampler = "neighbor" if mode == "cached" else mode
+    return extra + [
         f"data.path={data_path}", f"run_dir={run_dir}", f"data.cache_mb={store_mb(shape)}", "data.verify=false",
         f"model.fusion={shape.fusion}", f"model.fusion_dims={list(shape.fusion_dims)}",
         f"model.item_id_dim={shape.item_id_dim}", f"model.user_id_dim={shape.user_id_dim}", "model.scorer=gcn",
-        f"train.batch_size={shape.batch_size}", f"train.fanouts={list(shape.fanouts)}", f"train.sampler={mode}",
+        f"train.batch_size={shape.batch_size}", f"train.fanouts={list(shape.fanouts)}", f"train.sampler={sampler}",
         "train.num_workers=0", f"train.ds_config={REPO / 'configs' / 'ds' / 'zero0.json'}",
     ]
 
@@ -181,41 +186,53 @@ class VariantWorker:
         ds = self.trainer.ds
         return {"setup_seconds": self.setup_seconds, "rss_after_setup": self.rss_after_setup,
                 "steps_per_epoch": int(self.trainer.batches.num_batches(0)), "num_items": ds.num_items,
-                "num_users": ds.num_users, "train_interactions": ds.num_interactions("train")}
+                "num_users": ds.num_users, "train_interactions": ds.num_interactions("train"),
+                "refresh_every": int(self.cfg.train.fusion_cache_refresh)}
 
     def step(self) -> Dict:
         import torch
 
         from metammf_dist.engine.loop import _step_seed
-        from metammf_dist.sampler.features import attach_features
 
-        engine, step = self.trainer.engine, len(self.records)
+        trainer, step = self.trainer, len(self.records)
         torch.manual_seed(_step_seed(self.cfg.train.seed, 0, step, 0))
         before = _status_bytes("VmRSS")
         _reset_peak()
+        trainer.last_refresh_seconds = 0.0
         t0 = time.perf_counter()
         batch = next(self.batches)
-        attach_features(batch, self.trainer.store)
-        loss = engine(batch)
-        engine.backward(loss)
-        engine.step()
+        loss, batch = trainer.train_step(batch, 0)  # features (seeds only with the cache), refresh if due, step
         seconds = time.perf_counter() - t0
+        trainer.state.global_step += 1
         peak = _status_bytes("VmHWM")
+        fused = int(batch.item_feats.shape[0])  # items whose fusion ran with gradient this step
+        refresh = trainer.last_refresh_seconds
         record = {"step": step, "seconds": seconds, "rss_before": before, "step_peak_bytes": peak - before,
                   "peak_rss": peak, "input_items": batch.num_input_items, "input_users": batch.num_input_users,
-                  "loss": float(loss.detach())}
+                  "fused_items": fused, "refresh_seconds": refresh, "loss": float(loss.detach())}
         self.records.append(record)
         return record
 
 
 def summarize_variant(info: Dict, records: List[Dict], warmup: int) -> Dict:
-    """Median step time, worst step memory and mean fused items over the timed (post-warm-up) steps."""
+    """Median step time, worst step memory and mean fused items over the timed (post-warm-up) steps.
+
+    Steps that refreshed the fusion cache are timed apart: ``seconds_per_step`` is the median of the others
+    plus the refresh amortised over its period (``refresh_every`` steps)."""
     timed = records[warmup:] or records
+    refreshes = [r for r in records if r.get("refresh_seconds")]
+    plain = [r for r in timed if not r.get("refresh_seconds")] or timed
+    refresh_every = info.get("refresh_every") or 0
+    refresh_s = statistics.median(r["refresh_seconds"] for r in refreshes) if refreshes else 0.0
+    amortised = refresh_s / refresh_every if refresh_every else 0.0
     return {
         **info,
-        "seconds_per_step": statistics.median(r["seconds"] for r in timed),
-        "seconds_per_step_min": min(r["seconds"] for r in timed),
-        "step_peak_bytes": max(r["step_peak_bytes"] for r in timed),
+        "seconds_per_step": statistics.median(r["seconds"] for r in plain) + amortised,
+        "seconds_per_step_min": min(r["seconds"] for r in plain) + amortised,
+        "refresh_seconds": refresh_s,
+        "refresh_step_peak_bytes": max((r["step_peak_bytes"] for r in refreshes), default=0),
+        "step_peak_bytes": max(r["step_peak_bytes"] for r in plain),
+        "fused_items_per_step": statistics.mean(r.get("fused_items", r["input_items"]) for r in plain),
         "rss_before_step": max(r["rss_before"] for r in timed),
         "peak_rss": max(r["peak_rss"] for r in records),
         "input_items_per_step": statistics.mean(r["input_items"] for r in timed),
@@ -352,22 +369,30 @@ def zero_examples_per_s(stage: int, data_path: str, run_dir: str, shape: Shape, 
 
 
 # ---- the whole benchmark -----------------------------------------------------------------------------
-def summarize_shape(sampled: Dict, full: Dict) -> Dict:
+def summarize_shape(results: Dict[str, Dict]) -> Dict:
+    """full ÷ sampled ratios, for the plain sampled mode and (``cached_*``) the fusion-cache mode."""
     def ratio(a: float, b: float) -> float:
         return a / b if b > 0 else float("inf")
 
-    return {
-        "epoch_speedup": ratio(full["seconds_per_step"], sampled["seconds_per_step"]),
-        "peak_mem_ratio": ratio(full["step_peak_bytes"], sampled["step_peak_bytes"]),
-        "peak_rss_ratio": ratio(full["peak_rss"], sampled["peak_rss"]),
-        "sampled_item_fraction": sampled["input_items_per_step"] / sampled["num_items"],
-    }
+    out: Dict = {}
+    full = results.get("full")
+    for mode, prefix in (("neighbor", ""), ("cached", "cached_")):
+        sampled = results.get(mode)
+        if sampled is None:
+            continue
+        out[prefix + "sampled_item_fraction"] = sampled["input_items_per_step"] / sampled["num_items"]
+        out[prefix + "fused_item_fraction"] = sampled["fused_items_per_step"] / sampled["num_items"]
+        if full is not None:
+            out[prefix + "epoch_speedup"] = ratio(full["seconds_per_step"], sampled["seconds_per_step"])
+            out[prefix + "peak_mem_ratio"] = ratio(full["step_peak_bytes"], sampled["step_peak_bytes"])
+            out[prefix + "peak_rss_ratio"] = ratio(full["peak_rss"], sampled["peak_rss"])
+    return out
 
 
 def run_benchmark(quick: bool = False, steps: Optional[int] = None, warmup: int = 1, threads: int = 2,
                   shapes: Optional[List[str]] = None, workdir: str = "bench_out/train", zero_stages=(0, 1, 2, 3),
                   zero_steps: Optional[int] = None, zero_log_every: Optional[int] = None, seed: int = 1,
-                  interleave: bool = True, fanouts: Optional[List[int]] = None, log=print) -> Dict:
+                  interleave: bool = True, fanouts: Optional[List[int]] = None, modes=MODES, log=print) -> Dict:
     steps = steps if steps is not None else (2 if quick else 3)
     zero_steps = zero_steps if zero_steps is not None else (4 if quick else 30)
     zero_log_every = zero_log_every if zero_log_every is not None else max(1, zero_steps // 6 if not quick else 2)
@@ -389,15 +414,17 @@ def run_benchmark(quick: bool = False, steps: Optional[int] = None, warmup: int 
                 f"{shape.feat_dim}-d, fusion {shape.fusion}")
             path = ensure_dataset(shape, workdir, seed)
             started = time.perf_counter()
-            overrides = {mode: train_overrides(shape, path, f"{runs}/{name}-{mode}", mode) for mode in MODES}
+            refresh = epoch_steps(path, shape.batch_size)  # cache refreshed once per epoch's worth of steps
+            overrides = {mode: train_overrides(shape, path, f"{runs}/{name}-{mode}", mode, refresh) for mode in modes}
             results = measure_pair(overrides, warmup, steps, threads, interleave=interleave, log=log)
             for mode, res in results.items():
                 res.update(shape=asdict(shape), mode=mode)
                 out["variants"][f"{name}_{mode}"] = res
                 log(f"[{name}] {mode:8s} {res['seconds_per_step']:.2f} s/step, step memory "
-                    f"{res['step_peak_bytes'] / 2**20:,.0f} MiB, {res['input_items_per_step']:,.0f} items fused/step")
+                    f"{res['step_peak_bytes'] / 2**20:,.0f} MiB, {res['input_items_per_step']:,.0f} input items/step, "
+                    f"{res['fused_items_per_step']:,.0f} fused with gradient")
             log(f"[{name}] {time.perf_counter() - started:.0f} s wall")
-            out["shapes"][name] = summarize_shape(results["neighbor"], results["full"])
+            out["shapes"][name] = summarize_shape(results)
         zshape = QUICK_ZERO_SHAPE if quick else ZERO_SHAPE
         if zero_stages:
             zpath = ensure_dataset(zshape, workdir, seed)
@@ -414,6 +441,12 @@ def run_benchmark(quick: bool = False, steps: Optional[int] = None, warmup: int 
     return out
 
 
+def epoch_steps(data_path: str, batch_size: int) -> int:
+    from metammf_dist.data.dataset import Dataset
+
+    return max(1, math.ceil(Dataset.open(data_path).num_interactions("train") / batch_size))
+
+
 def _ensure(path: str) -> str:
     Path(path).mkdir(parents=True, exist_ok=True)
     return path
@@ -422,15 +455,16 @@ def _ensure(path: str) -> str:
 def _summary(out: Dict) -> Dict:
     s: Dict = {}
     for name, figures in out["shapes"].items():
-        s[f"{name}_epoch_speedup"] = figures["epoch_speedup"]
-        s[f"{name}_peak_mem_ratio"] = figures["peak_mem_ratio"]
-        s[f"{name}_peak_rss_ratio"] = figures["peak_rss_ratio"]
-        s[f"{name}_sampled_item_fraction"] = figures["sampled_item_fraction"]
+        for key, value in figures.items():
+            s[f"{name}_{key}"] = value
     for key, res in out["variants"].items():
         s[f"{key}_s_per_step"] = res["seconds_per_step"]
         s[f"{key}_step_mem_mib"] = res["step_peak_bytes"] / 2**20
         s[f"{key}_peak_rss_mib"] = res["peak_rss"] / 2**20
         s[f"{key}_items_per_step"] = res["input_items_per_step"]
+        s[f"{key}_fused_items_per_step"] = res["fused_items_per_step"]
+        if res.get("refresh_seconds"):
+            s[f"{key}_refresh_s"] = res["refresh_seconds"]
         s[f"{key}_epoch_s"] = res["seconds_per_step"] * res["steps_per_epoch"]
     for stage, res in out["zero"].items():
         s[f"zero{stage}_examples_per_s"] = res["examples_per_s"]
@@ -438,17 +472,22 @@ def _summary(out: Dict) -> Dict:
              interleaved=out["interleaved"])
     if not out["quick"] and all(k in s for k in TARGETS):
         s["targets_met"] = all(s[k] >= v for k, v in TARGETS.items())
+    cached = {k.replace("kwai_", "kwai_cached_"): v for k, v in TARGETS.items()}
+    if not out["quick"] and all(k in s for k in cached):
+        s["targets_met_with_fusion_cache"] = all(s[k] >= v for k, v in cached.items())
     return s
 
 
 def format_variants(out: Dict) -> str:
-    header = ("shape", "mode", "fusion", "items fused/step", "% catalog", "s/step", "steps/epoch", "epoch (proj.)",
-              "step mem MiB", "RSS before MiB", "peak RSS MiB")
+    header = ("shape", "mode", "fusion", "input items/step", "% catalog", "fused w/ grad", "s/step", "refresh s",
+              "steps/epoch", "epoch (proj.)", "step mem MiB", "RSS before MiB", "peak RSS MiB")
     rows = []
     for res in out["variants"].values():
         epoch = res["seconds_per_step"] * res["steps_per_epoch"]
         rows.append((res["shape"]["name"], res["mode"], res["shape"]["fusion"], f"{res['input_items_per_step']:,.0f}",
-                     f"{100 * res['input_items_per_step'] / res['num_items']:.1f}", f"{res['seconds_per_step']:.2f}",
+                     f"{100 * res['input_items_per_step'] / res['num_items']:.1f}",
+                     f"{res['fused_items_per_step']:,.0f}", f"{res['seconds_per_step']:.2f}",
+                     f"{res['refresh_seconds']:.1f}" if res.get("refresh_seconds") else "-",
                      str(res["steps_per_epoch"]), _duration(epoch), f"{res['step_peak_bytes'] / 2**20:,.0f}",
                      f"{res['rss_before_step'] / 2**20:,.0f}", f"{res['peak_rss'] / 2**20:,.0f}"))
     widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
@@ -472,7 +511,8 @@ def run(args) -> int:
     out = run_benchmark(quick=args.quick, steps=args.steps, warmup=args.warmup, threads=args.threads, shapes=shapes,
                         workdir=args.workdir, zero_stages=stages, zero_steps=args.zero_steps,
                         zero_log_every=args.zero_log_every, seed=args.seed, interleave=not args.sequential,
-                        fanouts=[int(f) for f in args.fanouts.split(",")] if args.fanouts else None)
+                        fanouts=[int(f) for f in args.fanouts.split(",")] if args.fanouts else None,
+                        modes=[m.strip() for m in args.modes.split(",") if m.strip()])
     print()
     if out["variants"]:
         fanouts = list(next(iter(out["variants"].values()))["shape"]["fanouts"])
@@ -482,9 +522,12 @@ def run(args) -> int:
               f"during the step - RSS before it (fresh process per variant, {MEMORY_ENV})")
         print(format_variants(out))
     for name, fig in out["shapes"].items():
-        print(f"{name}: full / sampled: epoch {fig['epoch_speedup']:.2f}x, step memory {fig['peak_mem_ratio']:.2f}x, "
-              f"process peak RSS {fig['peak_rss_ratio']:.2f}x; a sampled step fuses "
-              f"{100 * fig['sampled_item_fraction']:.1f}% of the catalog")
+        for prefix, label in (("", "sampled"), ("cached_", "sampled + fusion cache")):
+            if prefix + "epoch_speedup" in fig:
+                print(f"{name}: full / {label}: epoch {fig[prefix + 'epoch_speedup']:.2f}x, step memory "
+                      f"{fig[prefix + 'peak_mem_ratio']:.2f}x, process peak RSS {fig[prefix + 'peak_rss_ratio']:.2f}x; "
+                      f"a step reaches {100 * fig[prefix + 'sampled_item_fraction']:.1f}% of the catalog and fuses "
+                      f"{100 * fig[prefix + 'fused_item_fraction']:.1f}% with gradient")
     for stage, res in out["zero"].items():
         print(f"ZeRO-{stage}, 2 CPU ranks (torchrun, gloo): {res['examples_per_s']:,.0f} examples/s "
               f"(windows {[round(r) for r in res['windows']]})")

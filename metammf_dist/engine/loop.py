@@ -81,6 +81,7 @@ class Trainer:
         self.ckpt = Checkpoints(cfg.run_dir, self.info)
         self.state = TrainerState()
         self.fusion_cache: Optional[FusionCache] = None
+        self.last_refresh_seconds = 0.0
         if cfg.train.fusion_cache_refresh > 0:
             self.fusion_cache = FusionCache(
                 self.ds.num_items, cfg.model.fusion_dims[-1], cfg.train.fusion_cache_refresh, rank=self.info.rank,
@@ -146,15 +147,7 @@ class Trainer:
             if step >= n_steps:
                 break
             torch.manual_seed(_step_seed(cfg.train.seed, epoch, step, info.rank))
-            seeds_only = self.fusion_cache is not None
-            attach_features(batch, self.store, seeds_only)  # no-op when the prefetch thread already fetched them
-            batch = _to_device(batch, info.device)
-            if seeds_only:
-                self._use_fusion_cache(batch)
-            loss = self.engine(batch)
-            self._check_finite(loss, epoch, step)
-            self.engine.backward(loss)
-            self.engine.step()
+            loss, batch = self.train_step(batch, epoch)
             st.step_in_epoch, st.global_step = step + 1, st.global_step + 1
             window_loss += float(loss.detach())
             window_examples += int(batch.num_pos) * info.world_size
@@ -187,13 +180,28 @@ class Trainer:
         if st.best_tag == tag:
             self.ckpt.mark_best(tag, {"epoch": st.best_epoch, cfg.eval.metric: st.best_metric})
 
+    def train_step(self, batch, epoch: int):
+        """One optimizer step on ``batch`` (features, fusion cache, forward, backward, step) -> (loss, batch)."""
+        seeds_only = self.fusion_cache is not None
+        attach_features(batch, self.store, seeds_only)  # no-op when the prefetch thread already fetched them
+        batch = _to_device(batch, self.info.device)
+        if seeds_only:
+            self._use_fusion_cache(batch)
+        loss = self.engine(batch)
+        self._check_finite(loss, epoch, batch.step)
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss, batch
+
     def _use_fusion_cache(self, batch) -> None:
         """Seed items keep exact fusion (their features are in ``batch.item_feats``); the other input items
         read the cache, refreshed first when this global step is due."""
         cache = self.fusion_cache
         if cache.due(self.state.global_step):
+            started = time.perf_counter()
             with gathered_parameters(self.engine):
                 cache.refresh(self.model, self.store, self.state.global_step)
+            self.last_refresh_seconds = time.perf_counter() - started
         n_seed = int(batch.output_items.numel())
         if batch.item_feats.shape[0] != n_seed or not torch.equal(batch.input_items[:n_seed], batch.output_items):
             raise TrainingError("fusion cache: the batch's seed items are not the first input items")
