@@ -63,6 +63,7 @@ class TrainConfig:
     log_every: int = 10
     graph_backend: str = "dgl"  # dgl | torch (torch-only graph, sampler and GCN path: no DGL needed)
     fusion_cache_refresh: int = 0  # 0 = off; K > 0: neighbour items read a fusion cache refreshed every K steps
+    id_tables: str = "dense"  # dense: inside the DeepSpeed engine (ZeRO); sparse: outside it, lazy row-wise Adam
 
 
 @dataclass
@@ -153,6 +154,7 @@ _CHOICES = {
     "model.feature_norm": ("none", "standardize"),
     "train.sampler": ("neighbor", "full"),
     "train.graph_backend": ("dgl", "torch"),
+    "train.id_tables": ("dense", "sparse"),
 }
 
 

@@ -135,8 +135,9 @@ def test_fusion_cache_needs_the_sampled_gcn(tmp_path):
 
 @pytest.mark.multiproc
 def test_cached_training_resumes_mid_epoch_like_a_straight_run(synth_ds, tmp_path):
-    """2 ranks, ZeRO-3 (refresh inside gathered parameters, all-reduced), K = 3 steps, resumed at step 2."""
-    cache = ["train.fusion_cache_refresh=3"]
+    """2 ranks, ZeRO-3 (refresh inside gathered parameters, all-reduced), K = 3 steps, sparse ID tables, resumed
+    at step 2 (module, optimizer, ID tables and fusion cache all restored)."""
+    cache = ["train.fusion_cache_refresh=3", "train.id_tables=sparse"]
     straight_run = tmp_path / "a"
     straight = last_json(train(synth_ds, straight_run, *cache, nproc=2, stage=3, epochs=1))
     assert (straight_run / "checkpoints" / "epoch0001-step0000000" / "fusion_cache.pt").exists()

@@ -26,6 +26,7 @@ from metammf_dist.engine.checkpoint import Checkpoints, tag_for
 from metammf_dist.engine.deepspeed_engine import build_engine, gathered_parameters, load_ds_config
 from metammf_dist.engine.dist import DistInfo, init_distributed, log_main
 from metammf_dist.engine.fusion_cache import FILE_NAME as FUSION_CACHE_FILE, FusionCache
+from metammf_dist.engine.sparse_ids import FILE_NAME as ID_TABLES_FILE, SparseIdTables
 from metammf_dist.engine.inference import compute_vectors, split_csr
 from metammf_dist.engine.objective import BPRObjective
 from metammf_dist.engine.run_dir import RunDir
@@ -71,6 +72,11 @@ class Trainer:
         self.model = build_model(cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim)
         if cfg.model.feature_norm == "standardize":
             self.model.set_feature_stats(*feature_moments(self.store))
+        self.id_tables: Optional[SparseIdTables] = None
+        if cfg.train.id_tables == "sparse":  # before the engine: DeepSpeed must not see the ID tables
+            self.id_tables = SparseIdTables(self.model, cfg.train.lr, cfg.train.weight_decay,
+                                            distributed=self.info.distributed, world_size=self.info.world_size)
+            self.id_tables.to(self.info.device)
         self.ds_config = load_ds_config(cfg, self.info)
         self.engine = build_engine(BPRObjective(self.model), cfg, self.ds_config, self.info)
         self.batches = make_batches(
@@ -100,6 +106,7 @@ class Trainer:
                 log_main(info, f"--resume: no complete checkpoint in {self.ckpt.root}; starting fresh")
             else:
                 self.state = TrainerState(**self.ckpt.load(self.engine, tag))
+                self._load_extras(tag)
                 if self.fusion_cache is not None:
                     self.fusion_cache.load(self.ckpt.root / tag / FUSION_CACHE_FILE)
                 log_main(info, f"resumed from {tag} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
@@ -125,6 +132,7 @@ class Trainer:
         tag = self.state.best_tag or self.ckpt.pointer("latest")
         if tag is not None:
             self.ckpt.load(self.engine, tag)
+            self._load_extras(tag)
         metrics = self.evaluate("test")
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics["best_epoch"] = self.state.best_epoch
@@ -191,6 +199,8 @@ class Trainer:
         self._check_finite(loss, epoch, batch.step)
         self.engine.backward(loss)
         self.engine.step()
+        if self.id_tables is not None:
+            self.id_tables.step()
         return loss, batch
 
     def _use_fusion_cache(self, batch) -> None:
@@ -212,8 +222,17 @@ class Trainer:
         extras = {}
         if self.fusion_cache is not None and self.fusion_cache.fused is not None:
             extras[FUSION_CACHE_FILE] = self.fusion_cache.save
+        if self.id_tables is not None:
+            extras[ID_TABLES_FILE] = self.id_tables.save
         self.ckpt.save(self.engine, tag, asdict(self.state), keep=keep, keep_last=self.cfg.train.keep_checkpoints,
                        extras=extras)
+
+    def _load_extras(self, tag: str) -> None:
+        if self.id_tables is not None:
+            path = self.ckpt.root / tag / ID_TABLES_FILE
+            if not path.exists():
+                raise TrainingError(f"checkpoint {self.ckpt.root / tag}: {ID_TABLES_FILE} missing (train.id_tables=sparse)")
+            self.id_tables.load(path)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])

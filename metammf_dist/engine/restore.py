@@ -13,6 +13,7 @@ from metammf_dist.config import load_config
 from metammf_dist.data.dataset import Dataset
 from metammf_dist.engine.checkpoint import Checkpoints, load_module_state
 from metammf_dist.engine.dist import DistInfo
+from metammf_dist.engine.sparse_ids import FILE_NAME as ID_TABLES_FILE, load_weights as load_id_weights
 from metammf_dist.errors import TrainingError
 from metammf_dist.model.registry import build_model
 from metammf_dist.sampler.graph import build_train_graph
@@ -32,6 +33,8 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best"):
         raise TrainingError(f"{run}: no complete checkpoint under {ckpt.root}")
     ds = Dataset.open(cfg.data.path, storage_options=cfg.data.storage_options or None)
     state = {k[len(PREFIX):]: v for k, v in load_module_state(ckpt.root, tag).items() if k.startswith(PREFIX)}
+    if (ckpt.root / tag / ID_TABLES_FILE).exists():  # train.id_tables=sparse: the ID tables live beside
+        state.update(load_id_weights(ckpt.root / tag / ID_TABLES_FILE))
     model = build_model(cfg.model, ds.num_users, ds.num_items, ds.feat_dim)
     own = model.state_dict()
     for name, tensor in own.items():

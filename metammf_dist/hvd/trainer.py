@@ -42,6 +42,11 @@ class HorovodTrainer:
         hvd.init()
         self.cfg = cfg
         self.rank, self.size = hvd.rank(), hvd.size()
+        if cfg.train.id_tables != "dense" or cfg.train.fusion_cache_refresh:
+            from metammf_dist.config import ConfigError
+
+            raise ConfigError("the Horovod trainer supports train.id_tables=dense and train.fusion_cache_refresh=0 only "
+                              "(use the DeepSpeed trainer for sparse ID tables and the fusion cache)")
         self.device = torch.device("cuda", hvd.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)

@@ -13,7 +13,10 @@ byte counts, each tagged with the phase in which it is alive:
   buffers and Adam's temporaries;
 * ``inference`` — evaluation's first half: every user/item vector, the full-graph GCN pass, the CSRs;
 * ``ranking`` — its second half: the vectors, the CSRs and the score chunks (users x all items);
-* ``setup`` — building the trainer (full-graph blocks).
+* ``setup`` — building the trainer (full-graph blocks);
+* ``refresh`` — a fusion-cache refresh (``train.fusion_cache_refresh``): one chunk of no-grad fusion plus the
+  new cache before it replaces the old one.  With the cache, a step fuses (and reads features of) only its
+  seed items; the cache (``num_items x fusion_dims[-1]`` floats) is persistent.
 
 Peak per rank = persistent + the largest phase.  Bytes are float32 (4) unless noted; the formulas
 follow the code (``model/fusion.py``, ``model/gcn.py``, ``sampler/*``, ``engine/*``, DeepSpeed 0.18's ZeRO
@@ -75,7 +78,7 @@ GLIBC_MMAP_MAX = 32 << 20  # glibc's dynamic mmap threshold never exceeds 32 MiB
 RETENTION = 1.5  # retained heap / small-tensor bytes of a step (glibc, measured 0.9-1.9 on 3 catalogs)
 SCORE_CHUNKS_ALIVE = 1  # evaluation.ranking frees each chunk's scores before scoring the next chunk
 
-PHASES = ("persistent", "setup", "backward", "optimizer", "inference", "ranking")
+PHASES = ("persistent", "setup", "backward", "optimizer", "refresh", "inference", "ranking")
 
 
 @dataclass
@@ -367,10 +370,11 @@ def _gcn_floats(cfg: Config, blocks: BlockSizes) -> Dict[str, object]:
     return {"pieces": pieces, "saved": sum(pieces), "largest": largest}
 
 
-def _param_layout(cfg: Config, workload: Workload) -> Dict[str, float]:
+def _param_layout(cfg: Config, workload: Workload, with_ids: bool = True) -> Dict[str, float]:
     counts = count_parameters(cfg.model, workload.num_users, workload.num_items, workload.feat_dim)
     m = cfg.model
-    tensors = [workload.num_users * m.user_id_dim, workload.num_items * m.item_id_dim]
+    ids = [workload.num_users * m.user_id_dim, workload.num_items * m.item_id_dim]
+    tensors = list(ids) if with_ids else []
     widths = [workload.feat_dim] + list(m.fusion_dims)
     for a, b in zip(widths[:-1], widths[1:]):
         tensors.append(a * b)
@@ -384,9 +388,10 @@ def _param_layout(cfg: Config, workload: Workload) -> Dict[str, float]:
     if m.scorer == "gcn":
         tensors.append(m.user_id_dim * m.user_id_dim)
     # modules that ZeRO-3 gathers as a whole: each ID table, each fusion layer, the meta-learner's layers
-    modules = [workload.num_users * m.user_id_dim, workload.num_items * m.item_id_dim]
+    modules = list(ids) if with_ids else []
     modules += [fusion_layer for fusion_layer in _fusion_layer_sizes(cfg, workload.feat_dim)]
-    return {"total": float(counts["total"]), "id": float(counts["item_id"] + counts["user_id"]),
+    id_params = float(counts["item_id"] + counts["user_id"])
+    return {"total": float(counts["total"]) - (0.0 if with_ids else id_params), "id": id_params if with_ids else 0.0,
             "largest_tensor": float(max(tensors)), "largest_module": float(max(modules)),
             "small": float(sum(t for t in tensors if t < DEFAULT_PERSISTENCE)), "counts": counts}
 
@@ -501,7 +506,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     # dense gradients appear early, next to almost all saved activations; the fusion's gradients appear as
     # its activations are freed.  So "backward" holds the activations + the ID-table gradients, and the
     # "optimizer" phase (the batch is still referenced) holds all gradients + the optimizer's scratch.
-    layout = _param_layout(cfg, workload)
+    sparse_ids = t.id_tables == "sparse"  # ID tables outside the engine: replicated, lazy row-wise Adam
+    layout = _param_layout(cfg, workload, with_ids=not sparse_ids)
     p, p_big, p_small, p_id = layout["total"], layout["total"] - layout["small"], layout["small"], layout["id"]
     id_tables = [FLOAT * workload.num_users * m.user_id_dim, FLOAT * workload.num_items * m.item_id_dim]
     opt_where = "host" if offload else dev
@@ -542,17 +548,34 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         add("flat gradient copy", FLOAT * p / n, "optimizer", opt_where)
         add("Adam temporaries", ADAM_TEMPS * FLOAT * p / n, "optimizer", opt_where, "on the flat partition")
 
+    if sparse_ids:
+        add("ID tables + lazy Adam (m, v)", 3 * FLOAT * sum(id_tables) / FLOAT, "persistent", dev,
+            "outside ZeRO, replicated", tensors=id_tables * 3)
+        rows = FLOAT * (blocks.input_users * m.user_id_dim + blocks.input_items * m.item_id_dim)
+        add("ID gradient rows (sparse, gathered)", (2 + n) * rows, "optimizer", dev, "coalesced, all ranks' rows")
+
     # ---- one training step -----------------------------------------------------------------------------
     items_in, users_in = blocks.input_items, blocks.input_users
     fusion = _fusion_floats_per_item(cfg, workload.feat_dim)
-    batch_bytes = FLOAT * items_in * workload.feat_dim
-    add("batch features (float32)", batch_bytes, "backward", dev, f"{items_in:,.0f} unique input items")
+    cached = t.fusion_cache_refresh > 0 and gcn and not full
+    # with the fusion cache only the seed items (the last block's dst items) are fused and read features
+    fused = blocks.output_items if cached else items_in
+    if cached:
+        fdim = float(m.fusion_dims[-1])
+        add("fusion cache", FLOAT * workload.num_items * fdim, "persistent", dev,
+            f"{workload.num_items:,} items x {m.fusion_dims[-1]}")
+        add("fusion cache lookup", FLOAT * (items_in - fused) * fdim, "backward", dev, "neighbour rows of a step")
+        chunk = min(float(cfg.eval.item_chunk), float(workload.num_items))
+        add("fusion cache refresh (one chunk, no grad)", FLOAT * chunk * (fusion["saved"] + fusion["largest"])
+            + FLOAT * workload.num_items * fdim, "refresh", dev, "chunked fusion + the all-reduced copy")
+    batch_bytes = FLOAT * fused * workload.feat_dim
+    add("batch features (float32)", batch_bytes, "backward", dev, f"{fused:,.0f} items fused per step")
     add("batch features (float32)", batch_bytes, "optimizer", dev, "the batch lives until the next one")
     weight_copies = FLOAT * _meta_weight_copies(cfg, workload.feat_dim)
-    add("fusion activations", FLOAT * items_in * (fusion["saved"] - workload.feat_dim) + weight_copies, "backward",
-        dev, tensors=[FLOAT * items_in * x for x in fusion["pieces"][1:]] + [weight_copies])
+    add("fusion activations", FLOAT * fused * (fusion["saved"] - workload.feat_dim) + weight_copies, "backward",
+        dev, tensors=[FLOAT * fused * x for x in fusion["pieces"][1:]] + [weight_copies])
     add("user ID rows", FLOAT * users_in * m.user_id_dim, "backward", dev, f"{users_in:,.0f} unique input users")
-    largest = FLOAT * items_in * fusion["largest"]
+    largest = FLOAT * fused * fusion["largest"]
     if gcn:
         g = _gcn_floats(cfg, blocks)
         add("GCN activations", FLOAT * g["saved"], "backward", dev, tensors=[FLOAT * x for x in g["pieces"]])
