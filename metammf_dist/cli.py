@@ -21,6 +21,7 @@ COMMANDS = {
     "evaluate": ("metammf_dist.engine.cli_evaluate", "evaluate the best checkpoint of a run folder"),
     "export": ("metammf_dist.engine.cli_export", "export user/item vectors and top-K lists of a run to Parquet"),
     "plan": ("metammf_dist.planner.cli_plan", "predict per-rank memory for a config, world size and ZeRO stage"),
+    "scale": ("metammf_dist.scaling.cli_scale", "scaling sweep over synthetic catalogs: CSV, markdown table, plots"),
     "bench": ("metammf_dist.bench.cli", "benchmarks: features | fusion | train | sampler | eval"),
 }
 

@@ -72,6 +72,7 @@ class EvalConfig:
     item_chunk: int = 8192  # items per chunk when computing item vectors
     user_chunk: int = 1024  # users per scoring chunk
     metric: str = "recall@20"  # early-stopping metric on the valid split
+    max_users: int = 0  # 0 = every user with interactions in the split; N = a fixed random N of them (big catalogs)
 
 
 @dataclass

@@ -9,6 +9,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", choices=["valid", "test"], default="test")
     parser.add_argument("--checkpoint", choices=["best", "latest"], default="best")
     parser.add_argument("--data", default=None, help="dataset path if it moved since training")
+    parser.add_argument("--popularity", action="store_true",
+                        help="also rank the same users by train popularity (keys popularity_<metric>)")
 
 
 def run(args) -> int:
@@ -19,10 +21,19 @@ def run(args) -> int:
     cfg, ds, store, graph, model, tag = restore(args.run_dir, args.data, args.checkpoint)
     user_vecs, item_vecs = compute_vectors(model, store, graph, ds.num_users, ds.num_items, cfg.eval.item_chunk)
     exclude = ["train"] if args.split == "valid" else ["train", "valid"]
-    truth, excl, users = split_csr(ds, args.split, exclude)
+    truth, excl, users = split_csr(ds, args.split, exclude, cfg.eval.max_users)
     metrics = evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=tuple(cfg.eval.ks),
                                     user_chunk=cfg.eval.user_chunk)
     metrics = {k: float(v) for k, v in metrics.items()}
+    if args.popularity:
+        import torch
+
+        from metammf_dist.evaluation.popularity import evaluate_popularity
+
+        _, train_i = ds.interactions("train")
+        pop = evaluate_popularity(torch.from_numpy(train_i), ds.num_items, excl, truth, users, ks=tuple(cfg.eval.ks),
+                                  user_chunk=cfg.eval.user_chunk)
+        metrics.update({f"popularity_{k}": float(v) for k, v in pop.items() if k != "num_users"})
     metrics["checkpoint"] = tag
     print(json.dumps(metrics, sort_keys=True))
     return 0

@@ -33,8 +33,17 @@ def compute_vectors(model, store, graph, num_users: int, num_items: int, item_ch
         model.train(was_training)
 
 
-def split_csr(ds, split: str, exclude_splits):
-    """Ground truth of ``split`` and the items to exclude from ranking (e.g. train (+ valid) items)."""
+def sample_users(users: torch.Tensor, max_users: int, seed: int = 0) -> torch.Tensor:
+    """``max_users`` of ``users`` (sorted), the same ones on every call and rank; all when ``max_users`` <= 0."""
+    if max_users <= 0 or users.numel() <= max_users:
+        return users
+    pick = torch.randperm(users.numel(), generator=torch.Generator().manual_seed(seed))[:max_users]
+    return users[pick.sort().values]
+
+
+def split_csr(ds, split: str, exclude_splits, max_users: int = 0):
+    """Ground truth of ``split`` and the items to exclude from ranking (e.g. train (+ valid) items);
+    ``max_users`` > 0 ranks a fixed random subset of the split's users (``sample_users``)."""
     import numpy as np
 
     u, i = ds.interactions(split)
@@ -45,5 +54,5 @@ def split_csr(ds, split: str, exclude_splits):
         ex_u.append(a)
         ex_i.append(b)
     exclude = build_csr(torch.from_numpy(np.concatenate(ex_u)), torch.from_numpy(np.concatenate(ex_i)), ds.num_users)
-    users = torch.from_numpy(np.unique(u))
+    users = sample_users(torch.from_numpy(np.unique(u)), max_users)
     return truth, exclude, users

@@ -88,6 +88,9 @@ class Trainer:
         self.state = TrainerState()
         self.fusion_cache: Optional[FusionCache] = None
         self.last_refresh_seconds = 0.0
+        self.usage = {"train_seconds": 0.0, "train_steps": 0, "train_examples": 0, "refreshes": 0,
+                      "refresh_seconds": 0.0, "valid_eval_seconds": 0.0, "test_eval_seconds": 0.0,
+                      "input_items": 0, "fused_items": 0}
         if cfg.train.fusion_cache_refresh > 0:
             self.fusion_cache = FusionCache(
                 self.ds.num_items, cfg.model.fusion_dims[-1], cfg.train.fusion_cache_refresh, rank=self.info.rank,
@@ -112,14 +115,17 @@ class Trainer:
                 log_main(info, f"resumed from {tag} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
         while self.state.epoch < cfg.train.epochs and self.state.bad_evals < cfg.train.patience:
             self._train_epoch(self.state.epoch)
+        started = time.perf_counter()
         test = self.test_best()
+        self.usage["test_eval_seconds"] = time.perf_counter() - started
         self.run.write_final(test)
+        self.run.write_usage(self._usage())
         self.run.close()
         return test
 
     def evaluate(self, split: str) -> dict:
         exclude = ["train"] if split == "valid" else ["train", "valid"]
-        truth, excl, users = split_csr(self.ds, split, exclude)
+        truth, excl, users = split_csr(self.ds, split, exclude, self.cfg.eval.max_users)
         with gathered_parameters(self.engine):
             user_vecs, item_vecs = compute_vectors(
                 self.model, self.store, self.graph, self.ds.num_users, self.ds.num_items,
@@ -155,7 +161,13 @@ class Trainer:
             if step >= n_steps:
                 break
             torch.manual_seed(_step_seed(cfg.train.seed, epoch, step, info.rank))
+            step_started = time.perf_counter()
             loss, batch = self.train_step(batch, epoch)
+            self.usage["train_seconds"] += time.perf_counter() - step_started
+            self.usage["train_steps"] += 1
+            self.usage["train_examples"] += int(batch.num_pos) * info.world_size
+            self.usage["input_items"] += batch.num_input_items  # this rank's, summed over steps
+            self.usage["fused_items"] += int(batch.item_feats.shape[0])
             st.step_in_epoch, st.global_step = step + 1, st.global_step + 1
             window_loss += float(loss.detach())
             window_examples += int(batch.num_pos) * info.world_size
@@ -175,7 +187,9 @@ class Trainer:
         st.epoch, st.step_in_epoch = epoch + 1, 0
         tag = tag_for(epoch + 1, 0)
         if (epoch + 1) % max(cfg.train.eval_every, 1) == 0 or epoch + 1 == cfg.train.epochs:
+            started = time.perf_counter()
             metrics = self.evaluate("valid")
+            self.usage["valid_eval_seconds"] += time.perf_counter() - started
             value = float(metrics[cfg.eval.metric])
             st.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in metrics.items()}})
             self.run.log_metrics(epoch + 1, st.global_step, "valid", metrics)
@@ -212,6 +226,8 @@ class Trainer:
             with gathered_parameters(self.engine):
                 cache.refresh(self.model, self.store, self.state.global_step)
             self.last_refresh_seconds = time.perf_counter() - started
+            self.usage["refreshes"] += 1
+            self.usage["refresh_seconds"] += self.last_refresh_seconds
         n_seed = int(batch.output_items.numel())
         if batch.item_feats.shape[0] != n_seed or not torch.equal(batch.input_items[:n_seed], batch.output_items):
             raise TrainingError("fusion cache: the batch's seed items are not the first input items")
@@ -226,6 +242,17 @@ class Trainer:
             extras[ID_TABLES_FILE] = self.id_tables.save
         self.ckpt.save(self.engine, tag, asdict(self.state), keep=keep, keep_last=self.cfg.train.keep_checkpoints,
                        extras=extras)
+
+    def _usage(self) -> dict:
+        """This run's time split and every rank's peak RSS (collective)."""
+        peak = _peak_rss_bytes()
+        peaks = [peak]
+        if self.info.distributed and self.info.world_size > 1:
+            peaks = [None] * self.info.world_size
+            tdist.all_gather_object(peaks, peak)
+        return {**self.usage, "world_size": self.info.world_size, "peak_rss_bytes_per_rank": peaks,
+                "num_items": self.ds.num_items, "num_users": self.ds.num_users,
+                "eval_users_max": self.cfg.eval.max_users, "refresh_every": self.cfg.train.fusion_cache_refresh}
 
     def _load_extras(self, tag: str) -> None:
         if self.id_tables is not None:
@@ -244,6 +271,20 @@ class Trainer:
                 f"non-finite loss at epoch {epoch} step {step} (global step {self.state.global_step + 1}); "
                 f"stopped without applying it; last good checkpoint: {last or 'none'} in {self.ckpt.root}"
             )
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident set (VmHWM on Linux; ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:

@@ -2,7 +2,8 @@
 
 ``RUN/config.yaml`` (resolved config), ``ds_config.json`` (the DeepSpeed config actually used),
 ``git.txt`` (commit + ``git status``/diff of the code tree), ``metrics.csv`` (one row per evaluation and per
-logged training window), ``tb/`` (TensorBoard events), ``checkpoints/``, ``final_metrics.json``.
+logged training window), ``tb/`` (TensorBoard events), ``checkpoints/``, ``final_metrics.json``, ``usage.json``
+(time per phase, peak RSS per rank).
 Only rank 0 writes here.
 """
 from __future__ import annotations
@@ -85,6 +86,11 @@ class RunDir:
     def write_final(self, metrics: dict) -> None:
         if self.info.is_main:
             (self.path / "final_metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+
+    def write_usage(self, usage: dict) -> None:
+        """``usage.json``: time per phase (train steps, refreshes, evaluations) and peak RSS per rank."""
+        if self.info.is_main:
+            (self.path / "usage.json").write_text(json.dumps(usage, indent=1, sort_keys=True))
 
     def close(self) -> None:
         if self._tb is not None:

@@ -114,7 +114,7 @@ class HorovodTrainer:
     def evaluate(self, split: str) -> dict:
         """Full ranking of ``split`` by this process alone (rank 0 calls it)."""
         exclude = ["train"] if split == "valid" else ["train", "valid"]
-        truth, excl, users = split_csr(self.ds, split, exclude)
+        truth, excl, users = split_csr(self.ds, split, exclude, self.cfg.eval.max_users)
         user_vecs, item_vecs = compute_vectors(self.model, self.store, self.graph, self.ds.num_users,
                                                self.ds.num_items, item_chunk=self.cfg.eval.item_chunk,
                                                device=self.device)
