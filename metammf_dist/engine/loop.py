@@ -74,7 +74,7 @@ class Trainer:
             self.model.set_feature_stats(*feature_moments(self.store))
         self.id_tables: Optional[SparseIdTables] = None
         if cfg.train.id_tables == "sparse":  # before the engine: DeepSpeed must not see the ID tables
-            self.id_tables = SparseIdTables(self.model, cfg.train.lr, cfg.train.weight_decay,
+            self.id_tables = SparseIdTables(self.model, cfg.train.id_lr or cfg.train.lr, cfg.train.weight_decay,
                                             distributed=self.info.distributed, world_size=self.info.world_size)
             self.id_tables.to(self.info.device)
         self.ds_config = load_ds_config(cfg, self.info)
