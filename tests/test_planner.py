@@ -175,3 +175,26 @@ def test_plan_names_what_must_be_sharded_at_100m_items_on_64_gpus(config):
     advice = " ".join(out["must_shard"])
     assert "user ID table" in advice and "item ID table" in advice and "row-sharded" in advice
     assert "partition the graph" in advice
+
+
+def test_sparse_id_tables_and_fusion_cache_change_what_is_planned(config):
+    from metammf_dist.config import load_config
+    from metammf_dist.planner.memory import Workload, plan_memory
+
+    wl = Workload(1_000_000, 1_000_000, 10_000_000, 384)
+    dense = plan_memory(load_config(config, ["train.fanouts=[10,10]"]), wl)
+    sparse = plan_memory(load_config(config, ["train.fanouts=[10,10]", "train.id_tables=sparse"]), wl)
+    cached = plan_memory(load_config(config, ["train.fanouts=[10,10]", "train.id_tables=sparse",
+                                              "train.fusion_cache_refresh=100"]), wl)
+
+    def named(plan, prefix):
+        return sum(c.bytes for c in plan.components if c.name.startswith(prefix))
+
+    ids = 1_000_000 * (64 + 32)
+    assert named(dense, "ID-table gradients (dense)") == 4 * ids and named(sparse, "ID-table gradients") == 0
+    assert named(sparse, "ID tables + lazy Adam") == 12 * ids  # weights + m + v, outside ZeRO
+    assert named(sparse, "Adam states") < 0.01 * named(dense, "Adam states")  # only the small dense parameters
+    # the cache: a step fuses only its seed items, plus the cache itself and its refresh
+    assert named(cached, "fusion activations") < 0.1 * named(sparse, "fusion activations")
+    assert named(cached, "fusion cache") >= 4 * 1_000_000 * 32
+    assert cached.phase_total("refresh") > 0 and cached.train_peak() < sparse.train_peak()

@@ -122,6 +122,8 @@ def shard_advice(plan: mem.Plan, budget: float) -> List[str]:
     per_elem = 8 if plan.zero_stage == 3 else (16 if plan.zero_stage == 0 else 8)
     what = {0: "params + grads + Adam, replicated", 1: "params + grads, replicated", 2: "params + grads, replicated",
             3: "gathered whole for its forward + its full gradient"}[plan.zero_stage]
+    if plan.params.get("id_tables") == "sparse":
+        per_elem, what = 12, "outside ZeRO: weights + lazy Adam m, v, replicated"
     for name, numel in (("user ID table", cfg_counts["user_id"]), ("item ID table", cfg_counts["item_id"])):
         nbytes = per_elem * numel
         if nbytes > SHARD_FRACTION * budget:

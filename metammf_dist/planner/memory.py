@@ -618,7 +618,7 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
             f"{RETENTION:g} x the step's tensors < 32 MiB; none with MALLOC_MMAP_THRESHOLD_=65536")
     return Plan(comps, world_size, zero_stage, offload, device, blocks, workload,
                 params={**{k: v for k, v in layout.items() if k != "counts"}, "counts": layout["counts"],
-                        "eval_user_chunk": cfg.eval.user_chunk})
+                        "eval_user_chunk": cfg.eval.user_chunk, "id_tables": t.id_tables})
 
 
 def largest_catalog(cfg: Config, workload: Workload, budget_bytes: float, world_size: int = 1, zero_stage: int = 0,
