@@ -18,8 +18,12 @@ def run(args) -> int:
     from metammf_dist.engine.restore import restore
     from metammf_dist.evaluation.ranking import evaluate_full_ranking
 
+    import torch
+
     cfg, ds, store, graph, model, tag = restore(args.run_dir, args.data, args.checkpoint)
-    user_vecs, item_vecs = compute_vectors(model, store, graph, ds.num_users, ds.num_items, cfg.eval.item_chunk)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # ranking is matmul + top-k: GPU if any
+    user_vecs, item_vecs = compute_vectors(model.to(device), store, graph, ds.num_users, ds.num_items,
+                                           cfg.eval.item_chunk, device=device)
     exclude = ["train"] if args.split == "valid" else ["train", "valid"]
     truth, excl, users = split_csr(ds, args.split, exclude, cfg.eval.max_users)
     metrics = evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=tuple(cfg.eval.ks),
