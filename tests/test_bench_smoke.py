@@ -40,3 +40,22 @@ def test_bench_eval_tiny_reports_its_json():
     for key in ("eval_vs_bare", "ours_users_per_s", "bare_users_per_s", "evaluated_users"):
         assert key in out
     assert out["evaluated_users"] == 300 and out["eval_vs_bare"] > 0
+
+
+def test_bench_fullstep_tiny_reports_its_json(tmp_path):
+    from metammf_dist.data.synth import SynthSpec, generate
+
+    generate(SynthSpec(num_users=500, num_items=800, num_interactions=6000, modalities={"image": 8, "text": 8}, seed=2),
+             str(tmp_path / "ds"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "metammf_dist", "bench", "fullstep", "configs/scale/base.yaml",
+           f"data.path={tmp_path / 'ds'}", "model.fusion_dims=[16,8]", "model.item_id_dim=8", "model.user_id_dim=16",
+           "train.batch_size=256", "--cached-steps", "2", "--chunk", "300"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["num_items"] == 800 and out["full_fusion_s"] > 0 and out["full_gcn_s"] > 0
+    assert out["cached_step_s"] > 0 and out["epoch_speedup"] == out["full_step_s"] / out["cached_step_s"]
