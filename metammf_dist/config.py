@@ -232,18 +232,24 @@ def config_from_dict(raw: dict) -> Config:
     return validate(_build(Config, raw or {}, ""))
 
 
+def read_yaml_mapping(path: str, what: str = "config file") -> dict:
+    """A YAML file whose top level is a mapping; clear errors naming ``what`` and the path."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {path}: top level must be a mapping")
+    return raw
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:
     raw: dict = {}
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path}: not valid YAML ({exc})") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path}: top level must be a mapping")
+        raw = read_yaml_mapping(path)
     raw = _merge(raw, parse_overrides(overrides or []))
     return config_from_dict(raw)
 

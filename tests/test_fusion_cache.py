@@ -18,7 +18,7 @@ from metammf_dist.model import build_model
 from metammf_dist.sampler import build_train_graph, make_batches
 from metammf_dist.sampler.features import attach_features
 
-from test_train import close, last_json, synth_ds, train  # noqa: F401  (synth_ds: shared fixture)
+from test_train import close, last_json, train
 
 N_USERS, N_ITEMS, FEAT = 120, 400, 10
 TOL = dict(rtol=0.0, atol=1e-10)

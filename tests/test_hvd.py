@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("horovod.torch")
 
 from conftest import REPO  # noqa: E402
-from test_train import GRAPH_BACKEND, SMALL, _env, close, last_json, run_cli, synth_ds  # noqa: E402,F401
+from test_train import SMALL, _env, close, last_json, run_cli  # noqa: E402
 
 
 def horovodrun(*args, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ from metammf_dist.config import ModelConfig
 from metammf_dist.engine.sparse_ids import SparseIdTables
 from metammf_dist.model import build_model
 
-from test_train import close, last_json, run_cli, synth_ds, train  # noqa: F401  (synth_ds: shared fixture)
+from test_train import close, last_json, run_cli, train
 
 
 def _model(seed=0):
@@ -24,18 +24,24 @@ def _loss(model, users, items):
     return (model.user_emb(users)[:, :3] * model.item_emb(items)).sum().pow(2) / 100
 
 
+def _step_both(ours, tables, ref, opt, users, items) -> bool:
+    """One step of our row-wise update and of torch's optimizer on the same batch; our gradient was sparse?"""
+    _loss(ours, users, items).backward()
+    sparse = ours.user_emb.weight.grad.is_sparse
+    tables.step()
+    opt.zero_grad()
+    _loss(ref, users, items).backward()
+    opt.step()
+    return sparse
+
+
 def test_all_rows_touched_equals_dense_adam_with_weight_decay():
     ours, ref = _model(), _model()
     tables = SparseIdTables(ours, lr=0.01, weight_decay=0.1)
     opt = torch.optim.Adam([ref.user_emb.weight, ref.item_emb.weight], lr=0.01, weight_decay=0.1)
     users, items = torch.arange(20).repeat(3)[:30], torch.arange(30)  # every row of both tables, users twice
     for _ in range(4):
-        _loss(ours, users, items).backward()
-        assert ours.user_emb.weight.grad.is_sparse
-        tables.step()
-        opt.zero_grad()
-        _loss(ref, users, items).backward()
-        opt.step()
+        assert _step_both(ours, tables, ref, opt, users, items)
     torch.testing.assert_close(ours.user_emb.weight, ref.user_emb.weight, rtol=0, atol=1e-12)
     torch.testing.assert_close(ours.item_emb.weight, ref.item_emb.weight, rtol=0, atol=1e-12)
 
@@ -50,11 +56,7 @@ def test_partial_rows_equal_torch_sparse_adam_and_untouched_rows_stay():
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
         users, items = torch.randint(0, 20, (12,), generator=gen), torch.randint(0, 10, (12,), generator=gen)
-        _loss(ours, users, items).backward()
-        tables.step()
-        opt.zero_grad()
-        _loss(ref, users, items).backward()
-        opt.step()
+        _step_both(ours, tables, ref, opt, users, items)
     torch.testing.assert_close(ours.item_emb.weight, ref.item_emb.weight, rtol=0, atol=1e-12)
     torch.testing.assert_close(ours.user_emb.weight, ref.user_emb.weight, rtol=0, atol=1e-12)
     torch.testing.assert_close(ours.item_emb.weight[10:], before[10:], rtol=0, atol=0)  # never looked up

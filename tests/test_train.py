@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -50,16 +49,6 @@ def run_cli(*args, nproc: int = 1, check: bool = True, timeout: int = 300) -> su
 
 def last_json(proc) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def synth_ds(tmp_path_factory) -> Path:
-    from metammf_dist.data.synth import SynthSpec, generate
-
-    out = tmp_path_factory.mktemp("synth") / "ds"
-    generate(SynthSpec(num_users=300, num_items=200, num_interactions=5000, modalities={"image": 16, "text": 8}, seed=3),
-             str(out))
-    return out
 
 
 def train(ds, run_dir, *extra, nproc=1, stage=0, epochs=2, check=True):

@@ -29,9 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Union
 
-import yaml
-
-from metammf_dist.config import ConfigError
+from metammf_dist.config import ConfigError, read_yaml_mapping
 
 TOP_KEYS = {"name", "base_config", "out", "data_dir", "catalog", "steps", "log_every", "threads", "overrides",
             "series"}
@@ -106,12 +104,7 @@ def _int(value, where: str, minimum: int = 0) -> int:
 
 def load_sweep(path: str) -> Sweep:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"sweep file {path}: not valid YAML ({exc})") from exc
+    raw = read_yaml_mapping(path, "sweep file")
     _check_keys(raw, TOP_KEYS, f"sweep file {path}")
     name = str(raw.get("name") or p.stem)
     cat = raw.get("catalog") or {}
