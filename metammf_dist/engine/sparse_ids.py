@@ -68,21 +68,22 @@ class SparseIdTables:
         for name, emb in self.tables.items():
             weight, grad = emb.weight, emb.weight.grad
             emb.weight.grad = None
-            rows, values = _rows_of(grad, weight)
+            rows, values = _rows_of(grad, weight)  # unique rows (a coalesced sparse gradient)
             if self.distributed and self.world_size > 1:
                 rows, values = _all_gather_rows(rows, values, self.world_size)
+                rows, values = _coalesce(rows, values)
                 values = values / self.world_size
             if rows.numel() == 0:
                 continue
-            rows, values = _coalesce(rows, values, weight.shape[0])
-            w = weight.data
+            w, exp_avg, exp_avg_sq = weight.data, self.exp_avg[name], self.exp_avg_sq[name]
             if self.weight_decay:
-                values = values + self.weight_decay * w[rows]
-            m = self.exp_avg[name][rows].mul_(b1).add_(values, alpha=1.0 - b1)
-            v = self.exp_avg_sq[name][rows].mul_(b2).addcmul_(values, values, value=1.0 - b2)
-            self.exp_avg[name][rows] = m
-            self.exp_avg_sq[name][rows] = v
-            w[rows] -= (self.lr / bc1) * m / (v.sqrt() / bc2 ** 0.5 + self.eps)
+                values = values.add(w.index_select(0, rows), alpha=self.weight_decay)
+            m = exp_avg.index_select(0, rows).mul_(b1).add_(values, alpha=1.0 - b1)
+            exp_avg.index_copy_(0, rows, m)
+            v = exp_avg_sq.index_select(0, rows).mul_(b2).addcmul_(values, values, value=1.0 - b2)
+            exp_avg_sq.index_copy_(0, rows, v)
+            denom = v.sqrt_().div_(bc2 ** 0.5).add_(self.eps)  # v is stored already: reuse its buffer
+            w.index_add_(0, rows, m.div_(denom), alpha=-self.lr / bc1)  # rows are unique: a plain row update
             updated += int(rows.numel())
         return updated
 
@@ -126,14 +127,14 @@ def _rows_of(grad, weight):
         grad = grad.coalesce()
         return grad.indices()[0], grad.values()
     rows = torch.nonzero(grad.abs().sum(1), as_tuple=False).flatten()  # a dense gradient (e.g. cold-start mean)
-    return rows, grad[rows]
+    return rows, grad.index_select(0, rows)
 
 
-def _coalesce(rows: torch.Tensor, values: torch.Tensor, num_rows: int):
+def _coalesce(rows: torch.Tensor, values: torch.Tensor):
+    """Unique rows with their duplicates' values summed."""
     unique, inverse = torch.unique(rows, return_inverse=True)
     if unique.numel() == rows.numel():
-        order = torch.argsort(rows)
-        return rows[order], values[order]
+        return rows, values
     summed = torch.zeros(unique.numel(), values.shape[1], dtype=values.dtype, device=values.device)
     summed.index_add_(0, inverse, values)
     return unique, summed
