@@ -28,6 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides (data.path=..., ...)")
     parser.add_argument("--chunk", type=int, default=50_000, help="items per fusion chunk in part 1")
     parser.add_argument("--cached-steps", type=int, default=10, help="timed cached steps (after 2 warm-up)")
+    parser.add_argument("--cached-only", action="store_true", help="time the cached steps only (no full-graph parts)")
     parser.add_argument("--refresh", type=int, default=0,
                         help="fusion cache refresh period K for the cached mode (default: one epoch of steps)")
 
@@ -72,6 +73,10 @@ def run(args) -> int:
     print(f"cached step: {statistics.median(times):.2f} s + refresh {refresh_s:.1f} s / {refresh} steps = "
           f"{cached:.2f} s", flush=True)
     batches.close()
+    if args.cached_only:
+        print(json.dumps({"num_items": ds.num_items, "cached_step_s": cached, "cached_refresh_s": refresh_s,
+                          "refresh_every": refresh, "cache_mb": cfg.data.cache_mb}))
+        return 0
 
     # ---- part 1: fusion of every item, forward + backward --------------------------------------------
     model.train()
