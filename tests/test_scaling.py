@@ -24,7 +24,8 @@ def test_ci_sweep_writes_csv_table_plots_and_plan_is_within_20_percent(tmp_path)
     env = dict(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
     out = tmp_path / "ci"
-    proc = subprocess.run([sys.executable, "-m", "metammf_dist", "scale", "configs/sweeps/ci.yaml", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "metammf_dist", "scale", "configs/sweeps/ci.yaml", "--out", str(out),
+                           "--data-dir", str(tmp_path / "data")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])

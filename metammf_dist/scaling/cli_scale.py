@@ -17,6 +17,8 @@ from pathlib import Path
 def add_arguments(parser) -> None:
     parser.add_argument("sweep", help="sweep YAML (configs/sweeps/ci.yaml, configs/sweeps/full.yaml)")
     parser.add_argument("--out", default=None, help="output folder (default: the sweep's out)")
+    parser.add_argument("--data-dir", default=None, help="where synthetic catalogs are generated/reused "
+                        "(default: the sweep's data_dir)")
     parser.add_argument("--resume", action="store_true", help="keep the points already in results.csv")
     parser.add_argument("--only", default=None, help="comma list of series names to run")
 
@@ -50,6 +52,8 @@ def run(args) -> int:
     sweep = load_sweep(args.sweep)
     if args.out:
         sweep.out = args.out
+    if args.data_dir:
+        sweep.data_dir = args.data_dir
     out = Path(sweep.out)
     out.mkdir(parents=True, exist_ok=True)
     only = {s.strip() for s in args.only.split(",")} if args.only else None
