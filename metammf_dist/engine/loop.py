@@ -6,6 +6,11 @@ batch's input items from the shard store -> BPR loss through the engine -> backw
 ``eval_every`` epochs the valid split is ranked in full; early stopping on ``eval.metric`` with
 ``patience``; at the end the best checkpoint is loaded and the test split is ranked.
 
+Options for big catalogs: ``train.fusion_cache_refresh`` (neighbour items read a fusion cache, only seed
+items are fused and read features: ``fusion_cache.py``) and ``train.id_tables=sparse`` (ID tables outside the
+engine, row-wise lazy Adam: ``sparse_ids.py``); both are saved with each checkpoint.  ``usage.json`` records
+the time per phase and every rank's peak RSS.
+
 Determinism: samplers are seeded by (seed, epoch, rank) and the torch RNG (dropout) is reseeded per step,
 so a resumed run continues exactly as an uninterrupted one.
 """
