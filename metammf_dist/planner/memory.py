@@ -649,11 +649,16 @@ def largest_catalog(cfg: Config, workload: Workload, budget_bytes: float, world_
 
 
 def measure_runtime_baseline() -> int:
-    """RSS (bytes) of a fresh interpreter after importing what a training process imports."""
+    """RSS (bytes) of a fresh interpreter after importing what a training process imports (DGL if installed).
+
+    It depends on the machine and even on the page cache: the loader maps more of torch's shared libraries
+    when their files are cached (measured: 360 MB after ``import torch`` from a long-idle venv, 498 MB from
+    a freshly installed one), which is why ``scale`` measures it once per sweep."""
     import subprocess
     import sys
 
-    code = ("import torch, dgl, deepspeed, metammf_dist.engine.loop\n"
+    code = ("import importlib.util, torch, deepspeed, metammf_dist.engine.loop\n"
+            "if importlib.util.find_spec('dgl'): import dgl\n"
             "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])")
     env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -10,11 +10,13 @@ on big catalogs).  The figures come from the run folder the trainer writes:
 * ``peak_rss_mb``: the largest rank's peak RSS (``usage.json``, VmHWM of each rank);
 * ``eval_seconds``: the test evaluation (item vectors for the whole catalog + full ranking of the users);
 * ``input_items_per_step`` / ``fused_items_per_step``: unique items a step reaches / fuses with gradient;
-* ``plan_peak_mb``: ``metammf-dist plan``'s prediction for the same config, catalog and ranks.
+* ``plan_peak_mb``: ``metammf-dist plan``'s prediction for the same config, catalog and ranks, with the
+  runtime baseline (RSS after the imports) measured once per sweep (``plan --measure-baseline``).
 """
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -153,6 +155,15 @@ def plan_point(sweep: Sweep, series: Series, overrides: List[str]) -> Dict:
     cfg = load_config(sweep.base_config, overrides)
     ds_config = load_ds_config(cfg, DistInfo(rank=0, world_size=series.world_size))
     workload = mem.Workload.from_dataset(cfg.data.path)
+    baseline = runtime_baseline()
     plan = mem.plan_memory(cfg, workload, series.world_size, series.zero_stage, series.offload, "cpu",
-                           ds_config=ds_config)
-    return {"plan_peak_mb": plan.peak() / 2**20}
+                           ds_config=ds_config, baseline_bytes=baseline)
+    return {"plan_peak_mb": plan.peak() / 2**20, "plan_baseline_mb": baseline / 2**20}
+
+
+@functools.lru_cache(maxsize=1)
+def runtime_baseline() -> int:
+    """``plan --measure-baseline``'s figure, measured once per sweep (the imports' RSS on this machine)."""
+    from metammf_dist.planner import memory as mem
+
+    return mem.measure_runtime_baseline()

@@ -13,7 +13,7 @@ from typing import Dict, List
 
 COLUMNS = ["series", "items", "users", "interactions", "feat_dim", "world_size", "zero_stage", "fusion_cache",
            "refresh_every", "ms_per_1k_examples", "ms_per_1k_examples_steps_only", "refresh_ms_per_1k_examples",
-           "refresh_seconds", "input_items_per_step", "fused_items_per_step", "peak_rss_mb", "plan_peak_mb",
+           "refresh_seconds", "input_items_per_step", "fused_items_per_step", "peak_rss_mb", "plan_peak_mb", "plan_baseline_mb",
            "plan_error", "eval_seconds", "eval_users", "recall@20", "ndcg@20", "train_steps", "wall_seconds",
            "run_dir"]
 PLOTS = {
