@@ -20,6 +20,9 @@ LATEST_TESTS=(
   tests/test_sharding.py
   tests/test_data_import.py
   tests/test_data_synth.py
+  tests/test_fusion_cache.py
+  tests/test_sparse_ids.py
+  tests/test_scaling.py
 )
 rc=0
 .venv-latest/bin/python -m pytest -q -m "not slow" "${LATEST_TESTS[@]}" "$@" || rc=$?
