@@ -6,10 +6,11 @@ otherwise.  Tests that need it FAIL when it is missing: a silent skip would hide
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
+
+from metammf_dist.engine.dist import free_port  # noqa: F401  (the tests' free-port helper)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("METAMMF_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -20,12 +21,6 @@ def shared(*parts: str) -> Path:
     if not path.exists():
         pytest.fail(f"shared data missing: {path} (set METAMMF_SHARED_DATA)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

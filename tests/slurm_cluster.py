@@ -19,12 +19,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Optional
+
+from metammf_dist.engine.dist import free_port
 
 SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "sinfo", "scontrol")
@@ -44,12 +45,6 @@ def _path_with_sbin() -> str:
 def missing_binaries() -> list:
     path = _path_with_sbin()
     return [b for b in BINARIES if shutil.which(b, path=path) is None]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class SlurmCluster:
@@ -147,8 +142,8 @@ class SlurmCluster:
         conf = f"""\
 ClusterName=metammftest
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge

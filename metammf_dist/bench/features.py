@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -129,14 +128,9 @@ def measure_cold_rss(url: str, cache_mb: int, batch: int, n_batches: int, seed: 
 def _max_rss_mb() -> float:
     """Peak RSS of this process image.  Linux: VmHWM, because getrusage's maxrss survives exec() and would
     still count the parent's memory in a freshly spawned child."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    from metammf_dist.procmem import peak_rss_bytes
+
+    return peak_rss_bytes() / 2**20
 
 
 def cold_child(url: str, cache_mb: int, batch: int, n_batches: int, seed: int) -> dict:

@@ -34,8 +34,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import math
-
     import numpy as np
     import torch
 
@@ -46,8 +44,10 @@ def run(args) -> int:
     # the cached mode's trainer; part 1 and 2 use its model (same weights) outside the engine
     from metammf_dist.data.dataset import Dataset
 
+    from metammf_dist.sampler.partition import epoch_steps
+
     ds = Dataset.open(cfg.data.path)
-    steps_per_epoch = math.ceil(ds.num_interactions("train") / cfg.train.batch_size)
+    steps_per_epoch = epoch_steps(ds.num_interactions("train"), cfg.train.batch_size)
     refresh = args.refresh or steps_per_epoch
     cfg.train.fusion_cache_refresh = refresh
     trainer = Trainer(cfg)

@@ -36,7 +36,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
+
+from metammf_dist.procmem import reset_peak_rss, status_bytes
 
 PAPER_IN_DIM = 2276
 PAPER_DIMS = (1024, 512, 256, 32)
@@ -67,24 +69,6 @@ def naive_batch_size(in_dim: int, dims: Sequence[int], mem_gb: float) -> int:
 
 
 # ---- measurement inside one process --------------------------------------------------------------
-def _status_bytes(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _status_bytes("VmHWM") is not None
-    except OSError:
-        return False
 
 
 def _peak_rss_fallback() -> int:
@@ -123,10 +107,10 @@ def measure_memory(variant: str, in_dim: int, dims: Sequence[int], meta_dim: int
                    threads: int, seed: int = 0) -> Dict:
     """Peak RSS growth of one pass; meaningful only in a fresh process (see the module docstring)."""
     step = _make_step(variant, in_dim, dims, meta_dim, rank, batch, threads, seed)
-    baseline = _status_bytes("VmRSS") or 0
-    method = "vmhwm_reset" if _reset_peak_rss() else "ru_maxrss"
+    baseline = status_bytes("VmRSS") or 0
+    method = "vmhwm_reset" if reset_peak_rss() else "ru_maxrss"
     step()
-    peak = _status_bytes("VmHWM") if method == "vmhwm_reset" else _peak_rss_fallback()
+    peak = status_bytes("VmHWM") if method == "vmhwm_reset" else _peak_rss_fallback()
     peak_bytes = max(0, (peak or 0) - baseline)
     return {"variant": variant, "batch": batch, "peak_bytes": peak_bytes, "bytes_per_item": peak_bytes / batch,
             "memory_method": method}

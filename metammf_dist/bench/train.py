@@ -114,21 +114,12 @@ def add_arguments(parser) -> None:
 
 # ---- data --------------------------------------------------------------------------------------------
 def ensure_dataset(shape: Shape, workdir: str, seed: int) -> str:
-    """A synthetic catalog of ``shape`` under ``workdir`` (generated once, reused when its counts match)."""
-    from metammf_dist.data.synth import SynthSpec, generate
+    """A synthetic catalog of ``shape`` under ``workdir`` (generated once, then reused)."""
+    from metammf_dist.data.synth import SynthSpec, ensure_generated
 
     path = Path(workdir) / f"{shape.name}-u{shape.users}-i{shape.items}-e{shape.interactions}-d{shape.feat_dim}-s{seed}"
-    meta_file = path / "dataset.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        if (meta.get("num_users"), meta.get("num_items"), meta.get("modalities")) == (
-                shape.users, shape.items, dict(shape.modalities)):
-            return str(path)
-        shutil.rmtree(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    generate(SynthSpec(num_users=shape.users, num_items=shape.items, num_interactions=shape.interactions,
-                       modalities=dict(shape.modalities), seed=seed), str(path))
-    return str(path)
+    return ensure_generated(SynthSpec(num_users=shape.users, num_items=shape.items, num_interactions=shape.interactions,
+                                      modalities=dict(shape.modalities), seed=seed), path)
 
 
 def store_mb(shape: Shape) -> int:
@@ -151,16 +142,19 @@ def train_overrides(shape: Shape, data_path: str, run_dir: str, mode: str, cache
 
 # ---- one variant, inside its own fresh process ------------------------------------------------------
 def _status_bytes(name: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(name + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {name}")
+    from metammf_dist.procmem import status_bytes
+
+    value = status_bytes(name)
+    if value is None:
+        raise RuntimeError(f"/proc/self/status has no {name}")
+    return value
 
 
 def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
+    from metammf_dist.procmem import reset_peak_rss
+
+    if not reset_peak_rss():
+        raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs): per-step memory needs Linux")
 
 
 class VariantWorker:
@@ -243,11 +237,10 @@ def summarize_variant(info: Dict, records: List[Dict], warmup: int) -> Dict:
 
 
 def _child_env(threads: int, extra: Optional[dict] = None) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **(extra or {}))
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
+    from metammf_dist.engine.dist import child_env
+
+    env = child_env(threads=threads, **(extra or {}))
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
     return env
 
 
@@ -333,14 +326,6 @@ def serve(spec: Dict) -> None:
 
 
 # ---- part 2: ZeRO stages on 2 ranks --------------------------------------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def zero_examples_per_s(stage: int, data_path: str, run_dir: str, shape: Shape, steps: int, log_every: int,
                         threads: int) -> Dict:
     """examples/s of a 2-rank torchrun training at ZeRO ``stage`` (from its metrics.csv)."""
@@ -352,8 +337,9 @@ def zero_examples_per_s(stage: int, data_path: str, run_dir: str, shape: Shape, 
         f"train.ds_config={REPO / 'configs' / 'ds' / f'zero{stage}.json'}", f"train.max_steps_per_epoch={steps}",
         "train.epochs=1", f"train.log_every={log_every}", "train.eval_every=1", "eval.user_chunk=1024",
     ]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "metammf_dist", "train", str(REPO / "configs" / "tiktok.yaml"), *overrides]
+    from metammf_dist.engine.dist import train_command
+
+    cmd = train_command([str(REPO / "configs" / "tiktok.yaml"), *overrides], world_size=2)
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_child_env(max(1, threads // 2)))
     wall = time.perf_counter() - started
@@ -393,6 +379,9 @@ def run_benchmark(quick: bool = False, steps: Optional[int] = None, warmup: int 
                   shapes: Optional[List[str]] = None, workdir: str = "bench_out/train", zero_stages=(0, 1, 2, 3),
                   zero_steps: Optional[int] = None, zero_log_every: Optional[int] = None, seed: int = 1,
                   interleave: bool = True, fanouts: Optional[List[int]] = None, modes=MODES, log=print) -> Dict:
+    from metammf_dist.data.dataset import Dataset
+    from metammf_dist.sampler.partition import epoch_steps
+
     steps = steps if steps is not None else (2 if quick else 3)
     zero_steps = zero_steps if zero_steps is not None else (4 if quick else 30)
     zero_log_every = zero_log_every if zero_log_every is not None else max(1, zero_steps // 6 if not quick else 2)
@@ -414,7 +403,8 @@ def run_benchmark(quick: bool = False, steps: Optional[int] = None, warmup: int 
                 f"{shape.feat_dim}-d, fusion {shape.fusion}")
             path = ensure_dataset(shape, workdir, seed)
             started = time.perf_counter()
-            refresh = epoch_steps(path, shape.batch_size)  # cache refreshed once per epoch's worth of steps
+            # the cache is refreshed once per epoch's worth of steps
+            refresh = epoch_steps(Dataset.open(path).num_interactions("train"), shape.batch_size)
             overrides = {mode: train_overrides(shape, path, f"{runs}/{name}-{mode}", mode, refresh) for mode in modes}
             results = measure_pair(overrides, warmup, steps, threads, interleave=interleave, log=log)
             for mode, res in results.items():
@@ -439,12 +429,6 @@ def run_benchmark(quick: bool = False, steps: Optional[int] = None, warmup: int 
         shutil.rmtree(runs, ignore_errors=True)
     out["summary"] = _summary(out)
     return out
-
-
-def epoch_steps(data_path: str, batch_size: int) -> int:
-    from metammf_dist.data.dataset import Dataset
-
-    return max(1, math.ceil(Dataset.open(data_path).num_interactions("train") / batch_size))
 
 
 def _ensure(path: str) -> str:

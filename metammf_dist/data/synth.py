@@ -270,3 +270,23 @@ def generate(spec: SynthSpec, out, *, shard_size: int = 65536, overwrite: bool =
         for index, (lo, hi) in enumerate(user_chunks(spec, planted)):
             writer.add_interactions(*user_interactions(spec, planted, lo, hi, index))
         return writer.commit(source=source, split_seed=int(spec.seed))
+
+
+def ensure_generated(spec: SynthSpec, out) -> str:
+    """The local folder ``out`` holding the catalog of ``spec``: reused when its ``dataset.json`` records this very
+    spec, else generated (replacing whatever was there)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    out = Path(out)
+    meta = out / "dataset.json"
+    if meta.is_file():
+        source = json.loads(meta.read_text()).get("source", {})
+        wanted = {k: v for k, v in asdict(spec).items() if k not in ("item_chunk", "draw_chunk")}
+        if all(source.get(k) == v for k, v in wanted.items()):
+            return str(out)
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    generate(spec, str(out))
+    return str(out)

@@ -27,6 +27,14 @@ def _atomic_write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def atomic_torch_save(obj, path: Path) -> None:
+    """``torch.save`` through a temp name and a rename: a reader never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def tag_for(epoch: int, step_in_epoch: int) -> str:
     return f"epoch{epoch:04d}-step{step_in_epoch:07d}"
 

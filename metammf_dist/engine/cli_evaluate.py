@@ -30,8 +30,6 @@ def run(args) -> int:
                                     user_chunk=cfg.eval.user_chunk)
     metrics = {k: float(v) for k, v in metrics.items()}
     if args.popularity:
-        import torch
-
         from metammf_dist.evaluation.popularity import evaluate_popularity
 
         _, train_i = ds.interactions("train")

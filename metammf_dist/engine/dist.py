@@ -10,6 +10,7 @@ import datetime
 import os
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -55,12 +56,38 @@ def _first_host(nodelist: str) -> str:
     return prefix + first
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a one-rank group, or a child torchrun's --master_port)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def train_command(train_args, world_size: int = 1) -> list:
+    """``python -m metammf_dist train ARGS`` for one rank, under ``torch.distributed.run`` for several."""
+    if world_size == 1:
+        return [sys.executable, "-m", "metammf_dist", "train", *train_args]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world_size}",
+            f"--master_port={free_port()}", "-m", "metammf_dist", "train", *train_args]
+
+
+def child_env(base: Optional[dict] = None, threads: Optional[int] = None, **extra: str) -> dict:
+    """Environment for a child training run: ``base`` (default ``os.environ``) without this process's launch
+    variables, ``TORCH_EXTENSIONS_DIR`` defaulting to the project's, ``OMP_NUM_THREADS`` if ``threads``."""
+    from pathlib import Path
+
+    env = dict(os.environ if base is None else base, **extra)
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[2] / ".torch_extensions"))
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    for key in LAUNCH_VARS:
+        env.pop(key, None)
+    return env
 
 
 def init_distributed(timeout_s: int = 600) -> DistInfo:
@@ -79,7 +106,7 @@ def init_distributed(timeout_s: int = 600) -> DistInfo:
         # A plain single process: give DeepSpeed a one-rank group on a free local port instead of
         # letting it fall back to MPI discovery.
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+                          MASTER_PORT=str(free_port()))
     if not dist.is_initialized():
         # Importing DeepSpeed imports torch._inductor, which forks a pool of compile workers unless
         # told otherwise; we never compile, and forked idle children only cost memory and exit time.

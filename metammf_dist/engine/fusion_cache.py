@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from metammf_dist.engine.checkpoint import atomic_torch_save
+
 FILE_NAME = "fusion_cache.pt"
 
 
@@ -42,7 +44,6 @@ class FusionCache:
         self.chunk, self.device = int(chunk), device
         self.fused: Optional[torch.Tensor] = None
         self.refreshed_at = -1  # global step of the last refresh
-        self.refreshes = 0
 
     def due(self, global_step: int) -> bool:
         """Refresh before ``global_step``?  Before the first step, then at every multiple of K."""
@@ -69,7 +70,6 @@ class FusionCache:
         if self.distributed and self.world_size > 1:
             tdist.all_reduce(out)
         self.fused, self.refreshed_at = out, int(global_step)
-        self.refreshes += 1
 
     def lookup(self, item_ids: torch.Tensor) -> torch.Tensor:
         """Cached fusion rows of ``item_ids`` (``[n, dim]``, no gradient)."""
@@ -82,9 +82,7 @@ class FusionCache:
         return {"fused": self.fused, "refreshed_at": self.refreshed_at, "refresh_every": self.refresh_every}
 
     def save(self, path: Path) -> None:
-        tmp = Path(path).with_name(Path(path).name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
+        atomic_torch_save(self.state_dict(), path)
 
     def load(self, path: Path) -> bool:
         """Restore from ``path`` if it exists and matches this catalog; returns whether it did."""

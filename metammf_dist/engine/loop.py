@@ -38,6 +38,7 @@ from metammf_dist.engine.run_dir import RunDir
 from metammf_dist.errors import TrainingError
 from metammf_dist.evaluation.ranking import evaluate_full_ranking
 from metammf_dist.model.registry import build_model
+from metammf_dist.procmem import peak_rss_bytes
 from metammf_dist.sampler import make_batches
 from metammf_dist.sampler.features import attach_features
 from metammf_dist.sampler.graph import build_train_graph
@@ -250,7 +251,7 @@ class Trainer:
 
     def _usage(self) -> dict:
         """This run's time split and every rank's peak RSS (collective)."""
-        peak = _peak_rss_bytes()
+        peak = peak_rss_bytes()
         peaks = [peak]
         if self.info.distributed and self.info.world_size > 1:
             peaks = [None] * self.info.world_size
@@ -276,20 +277,6 @@ class Trainer:
                 f"non-finite loss at epoch {epoch} step {step} (global step {self.state.global_step + 1}); "
                 f"stopped without applying it; last good checkpoint: {last or 'none'} in {self.ckpt.root}"
             )
-
-
-def _peak_rss_bytes() -> int:
-    """This process's peak resident set (VmHWM on Linux; ru_maxrss elsewhere)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:

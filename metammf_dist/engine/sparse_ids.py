@@ -29,6 +29,8 @@ from typing import Dict
 import torch
 import torch.distributed as tdist
 
+from metammf_dist.engine.checkpoint import atomic_torch_save
+
 FILE_NAME = "id_tables.pt"
 NAMES = ("user_emb", "item_emb")
 
@@ -54,9 +56,6 @@ class SparseIdTables:
             self.exp_avg[name] = self.exp_avg[name].to(device)
             self.exp_avg_sq[name] = self.exp_avg_sq[name].to(device)
         return self
-
-    def num_parameters(self) -> int:
-        return sum(e.weight.numel() for e in self.tables.values())
 
     @torch.no_grad()
     def step(self) -> int:
@@ -93,9 +92,7 @@ class SparseIdTables:
                 "exp_avg_sq": self.exp_avg_sq, "step_count": self.step_count}
 
     def save(self, path: Path) -> None:
-        tmp = Path(path).with_name(Path(path).name + ".tmp")
-        torch.save({k: _cpu(v) for k, v in self.state_dict().items()}, tmp)
-        tmp.replace(path)
+        atomic_torch_save({k: _cpu(v) for k, v in self.state_dict().items()}, path)
 
     @torch.no_grad()
     def load(self, path: Path) -> None:

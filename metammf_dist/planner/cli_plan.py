@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import List, Optional
 
+from metammf_dist.engine.dist import child_env, train_command
 from metammf_dist.planner import memory as mem
 
 GIB = 2**30
@@ -237,12 +236,6 @@ def _measure_overrides(args) -> List[str]:
 
 
 # ---- measurement -----------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure_training_peak(config: str, overrides: List[str], world_size: int, steps: int, zero_stage: int,
                           offload: bool = False, env: Optional[dict] = None) -> int:
     """Peak RSS (bytes) of the largest rank of a real ``train`` run: ``steps`` steps, one epoch, evaluation.
@@ -254,17 +247,9 @@ def measure_training_peak(config: str, overrides: List[str], world_size: int, st
     with tempfile.TemporaryDirectory(prefix="plan-measure-") as tmp:
         args = [config, *overrides, f"run_dir={tmp}/run", f"train.max_steps_per_epoch={steps}", "train.epochs=1",
                 f"train.ds_config={stage_json}"]
-        if world_size == 1:
-            cmd = [sys.executable, "-m", "metammf_dist", "train", *args]
-        else:
-            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world_size}",
-                   f"--master_port={_free_port()}", "-m", "metammf_dist", "train", *args]
-        child_env = dict(os.environ if env is None else env)
-        child_env.setdefault("TORCH_EXTENSIONS_DIR", str(repo / ".torch_extensions"))
-        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            child_env.pop(key, None)
+        cmd = train_command(args, world_size)
         with open(Path(tmp) / "log.txt", "w+") as log:
-            proc = subprocess.Popen(cmd, cwd=repo, env=child_env, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, cwd=repo, env=child_env(env), stdout=log, stderr=subprocess.STDOUT)
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
             if proc.returncode != 0:

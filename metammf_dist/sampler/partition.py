@@ -70,8 +70,7 @@ class EdgePartition:
 
     def num_batches(self) -> int:
         """Steps per epoch, the same on every rank and in every epoch."""
-        full, rest = divmod(self.num_edges, self.global_batch)
-        return full + 1 if rest >= self.world_size else max(full, 1)
+        return epoch_steps(self.num_edges, self.batch_size, self.world_size)
 
     def _step_bounds(self, step: int) -> tuple:
         """[start, end) of global step ``step`` in the epoch permutation."""
@@ -92,3 +91,11 @@ class EdgePartition:
             chunks = torch.tensor_split(perm[start:end], self.world_size)
             out.append(chunks[self.rank].clone())
         return out
+
+
+def epoch_steps(num_edges: int, batch_size: int, world_size: int = 1) -> int:
+    """Steps per epoch of ``num_edges`` train edges at global batch ``batch_size`` over ``world_size`` ranks
+    (what ``EdgePartition.num_batches`` gives, without building the partition)."""
+    global_batch = (int(batch_size) // int(world_size)) * int(world_size)
+    full, rest = divmod(int(num_edges), global_batch)
+    return full + 1 if rest >= world_size else max(full, 1)

@@ -18,43 +18,34 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import math
-import os
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List
 
+from metammf_dist.engine.dist import child_env, train_command
 from metammf_dist.scaling.sweep import Catalog, Series, Sweep
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def ensure_catalog(cat: Catalog, data_dir: str) -> str:
-    """The synthetic catalog's folder (generated once; reused when its dataset.json matches)."""
-    from metammf_dist.data.synth import SynthSpec, generate
+    """The synthetic catalog's folder under ``data_dir`` (generated once, then reused)."""
+    from metammf_dist.data.synth import SynthSpec, ensure_generated
 
-    path = Path(data_dir) / cat.folder_name()
-    meta = path / "dataset.json"
-    if meta.is_file():
-        info = json.loads(meta.read_text())
-        if (info.get("num_users"), info.get("num_items")) == (cat.users, cat.items):
-            return str(path)
-        shutil.rmtree(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    generate(SynthSpec(num_users=cat.users, num_items=cat.items, num_interactions=cat.interactions,
-                       modalities=dict(cat.modalities), seed=cat.seed), str(path))
-    return str(path)
+    return ensure_generated(SynthSpec(num_users=cat.users, num_items=cat.items, num_interactions=cat.interactions,
+                                      modalities=dict(cat.modalities), seed=cat.seed),
+                            Path(data_dir) / cat.folder_name())
 
 
 def steps_per_epoch(data_path: str, batch_size: int) -> int:
+    """One process's steps per epoch on the dataset at ``data_path``."""
     from metammf_dist.data.dataset import Dataset
+    from metammf_dist.sampler.partition import epoch_steps
 
-    return max(1, math.ceil(Dataset.open(data_path).num_interactions("train") / batch_size))
+    return epoch_steps(Dataset.open(data_path).num_interactions("train"), batch_size)
 
 
 def point_overrides(sweep: Sweep, series: Series, data_path: str, run_dir: str) -> List[str]:
@@ -72,27 +63,14 @@ def point_overrides(sweep: Sweep, series: Series, data_path: str, run_dir: str) 
             f"train.fusion_cache_refresh={refresh}", f"train.ds_config={REPO / 'configs' / 'ds' / stage}"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_point(sweep: Sweep, cat: Catalog, series: Series, log=print) -> Dict:
     data_path = ensure_catalog(cat, sweep.data_dir)
     run_dir = Path(sweep.out) / "runs" / f"{series.name}-i{cat.items}"
     if run_dir.exists():
         shutil.rmtree(run_dir)
     overrides = point_overrides(sweep, series, data_path, str(run_dir))
-    if series.world_size == 1:
-        cmd = [sys.executable, "-m", "metammf_dist", "train", sweep.base_config, *overrides]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={series.world_size}",
-               f"--master_port={_free_port()}", "-m", "metammf_dist", "train", sweep.base_config, *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS=str(sweep.threads), TQDM_DISABLE="1")
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
+    cmd = train_command([sweep.base_config, *overrides], series.world_size)
+    env = child_env(threads=sweep.threads, TQDM_DISABLE="1")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(str(run_dir) + ".log", "w") as fh:
