@@ -65,6 +65,7 @@ class TrainConfig:
     fusion_cache_refresh: int = 0  # 0 = off; K > 0: neighbour items read a fusion cache refreshed every K steps
     id_tables: str = "dense"  # dense: inside the DeepSpeed engine (ZeRO); sparse: outside it, lazy row-wise Adam
     id_lr: float = 0.0  # learning rate of sparse ID tables (0 = train.lr); a row is updated only when it is looked up
+    gcn_history: bool = False  # GCN layer histories (GNNAutoScale): one sampled hop (fanouts[-1]); needs the fusion cache
 
 
 @dataclass
@@ -160,6 +161,12 @@ _CHOICES = {
 }
 
 
+def sampled_fanouts(cfg: Config) -> List[int]:
+    """The fan-outs the neighbour sampler draws: one hop (``fanouts[-1]``) with ``train.gcn_history``, whose
+    layers all aggregate the seeds' sampled neighbours; else one per GCN layer."""
+    return [cfg.train.fanouts[-1]] if cfg.train.gcn_history else list(cfg.train.fanouts)
+
+
 def validate(cfg: Config) -> Config:
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
@@ -185,6 +192,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "config key 'train.fusion_cache_refresh': the fusion cache needs model.scorer=gcn and train.sampler=neighbor "
             f"(got {cfg.model.scorer} / {cfg.train.sampler}); set it to 0"
+        )
+    if cfg.train.gcn_history and (cfg.train.fusion_cache_refresh <= 0 or cfg.model.gcn_layers < 2):
+        raise ConfigError(
+            "config key 'train.gcn_history': layer histories are refreshed with the fusion cache and need a GCN of "
+            f"2+ layers (got train.fusion_cache_refresh={cfg.train.fusion_cache_refresh}, "
+            f"model.gcn_layers={cfg.model.gcn_layers}); set train.fusion_cache_refresh=K or gcn_history=false"
         )
     if cfg.model.scorer == "gcn" and len(cfg.train.fanouts) != cfg.model.gcn_layers:
         raise ConfigError(

@@ -355,6 +355,8 @@ class FeatureStore:
             except (OSError, pa.ArrowException) as e:
                 raise ShardIntegrityError(f"{where}: row group {g} is unreadable ({type(e).__name__}: {e})") from None
             items = table.column(ITEM_COLUMN)
+            binary = self.manifest.encoding == "binary"
+            le_dtype = np.dtype(self.dtype).newbyteorder("<")
             if table.num_rows != n or items[0].as_py() != first or items[n - 1].as_py() != first + n - 1:
                 raise ShardIntegrityError(f"{where}: row group {g} does not hold items [{first}, {first + n}) "
                                           "as the manifest says")
@@ -363,7 +365,11 @@ class FeatureStore:
                 for chunk in table.column(name).chunks:
                     if chunk.null_count:
                         raise ShardIntegrityError(f"{where}: modality {name!r} has nulls in row group {g}")
-                    values = chunk.flatten().to_numpy(zero_copy_only=False)
+                    if binary:  # one fixed-width little-endian vector per row: a view of the data buffer
+                        values = np.frombuffer(chunk.buffers()[1], dtype=le_dtype, count=len(chunk) * d,
+                                               offset=chunk.offset * d * le_dtype.itemsize)
+                    else:
+                        values = chunk.flatten().to_numpy(zero_copy_only=False)
                     dest[row:row + len(chunk), off:off + d] = values.reshape(-1, d)
                     row += len(chunk)
 
@@ -437,9 +443,15 @@ class FeatureStore:
         if schema.field(ITEM_COLUMN).type != pa.int64():
             raise ShardIntegrityError(f"{where}: column 'item' is {schema.field(ITEM_COLUMN).type}, expected int64")
         value_type = _ARROW_TYPES[self.dtype]
+        binary = self.manifest.encoding == "binary"
         for name, d in self.modalities.items():
             t = schema.field(name).type
-            if not pa.types.is_fixed_size_list(t) or t.list_size != d or t.value_type != value_type:
+            if binary:
+                width = d * np.dtype(self.dtype).itemsize
+                if not pa.types.is_fixed_size_binary(t) or t.byte_width != width:
+                    raise ShardIntegrityError(f"{where}: modality {name!r} has type {t}; the manifest says "
+                                              f"fixed_size_binary[{width}] ({d} x {self.dtype}, encoding 'binary')")
+            elif not pa.types.is_fixed_size_list(t) or t.list_size != d or t.value_type != value_type:
                 raise ShardIntegrityError(f"{where}: modality {name!r} has type {t}; the manifest says "
                                           f"fixed_size_list<{value_type}>[{d}]")
         md = pf.metadata

@@ -1,9 +1,10 @@
 """Streaming writer for the sharded item-feature store.
 
 ``ShardWriter`` takes rows in item-id order, a chunk at a time, and writes ``shard-NNNNN.parquet`` files of
-``shard_size`` items each (the last one shorter).  Each shard has an int64 ``item`` column plus one
-``FixedSizeList<float16|float32>[dim]`` column per modality, in row groups of ``row_group_size`` rows so the
-reader can fetch single groups.  At most one row group per modality is buffered between ``append`` calls,
+``shard_size`` items each (the last one shorter).  Each shard has an int64 ``item`` column plus one column
+per modality — ``encoding="binary"`` (default): FIXED_LEN_BYTE_ARRAY of ``dim x dtype`` little-endian bytes
+per row; ``"list"``: ``FixedSizeList<float16|float32>[dim]`` (see ``manifest``) — in row groups of
+``row_group_size`` rows so the reader can fetch single groups.  At most one row group per modality is buffered between ``append`` calls,
 so catalogs larger than RAM stream straight to storage.  Shards are hashed (sha256) while they stream out.
 
 ``manifest.json`` is written LAST by ``close()`` (local: temp name then rename; object store: one PUT).  If
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 
 from . import fsio
 from .errors import StoreError
-from .manifest import DTYPES, ITEM_COLUMN, MANIFEST_NAME, SCHEMA_VERSION, Manifest, ShardInfo, shard_file_name
+from .manifest import DTYPES, ENCODINGS, ITEM_COLUMN, MANIFEST_NAME, SCHEMA_VERSION, Manifest, ShardInfo, shard_file_name
 
 _ARROW_TYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
@@ -46,9 +47,12 @@ class ShardWriter:
 
     def __init__(self, url: str, modalities: dict[str, int], *, dtype: str = "float16", shard_size: int = 65536,
                  row_group_size: int = 1024, storage_options: dict | None = None, overwrite: bool = False,
-                 compression: str = "none"):
+                 compression: str = "none", encoding: str = "binary"):
         self.url = url
         self._check_args(modalities, dtype, shard_size, row_group_size)
+        if encoding not in ENCODINGS:
+            raise StoreError(f"{url}: encoding {encoding!r} is not one of {ENCODINGS}")
+        self.encoding = encoding
         self.modalities = {str(k): int(v) for k, v in modalities.items()}
         self.dtype = dtype
         self.shard_size = int(shard_size)
@@ -57,8 +61,12 @@ class ShardWriter:
         self._compression = compression
         # Required (non-nullable) fields: NaN/None are rejected anyway, and Parquet decodes required nested
         # columns ~1.6x faster than nullable ones (no definition levels).
-        self._list_types = {name: pa.list_(pa.field("element", _ARROW_TYPES[dtype], nullable=False), dim)
-                            for name, dim in self.modalities.items()}
+        self._np_le = np.dtype(dtype).newbyteorder("<")
+        if encoding == "binary":
+            self._list_types = {name: pa.binary(dim * self._np_le.itemsize) for name, dim in self.modalities.items()}
+        else:
+            self._list_types = {name: pa.list_(pa.field("element", _ARROW_TYPES[dtype], nullable=False), dim)
+                                for name, dim in self.modalities.items()}
         self._schema = pa.schema([pa.field(ITEM_COLUMN, pa.int64(), nullable=False)] + [
             pa.field(name, t, nullable=False) for name, t in self._list_types.items()])
         self._fs, self._root = fsio.resolve(url, storage_options)
@@ -178,7 +186,11 @@ class ShardWriter:
         n = next(iter(arrays.values())).shape[0]
         columns = [pa.array(np.arange(cur.start + cur.rows, cur.start + cur.rows + n, dtype=np.int64))]
         for name, list_type in self._list_types.items():
-            columns.append(pa.FixedSizeListArray.from_arrays(pa.array(arrays[name].reshape(-1)), type=list_type))
+            if self.encoding == "binary":
+                raw = np.ascontiguousarray(arrays[name], dtype=self._np_le)
+                columns.append(pa.FixedSizeBinaryArray.from_buffers(list_type, n, [None, pa.py_buffer(raw)]))
+            else:
+                columns.append(pa.FixedSizeListArray.from_arrays(pa.array(arrays[name].reshape(-1)), type=list_type))
         cur.writer.write_table(pa.Table.from_arrays(columns, schema=self._schema))
         cur.rows += n
         if cur.rows == self.shard_size:
@@ -213,7 +225,8 @@ class ShardWriter:
                     self._finish_shard()
                 manifest = Manifest(version=SCHEMA_VERSION, num_items=self._accepted, modalities=dict(self.modalities),
                                     dtype=self.dtype, shard_size=self.shard_size,
-                                    row_group_size=self.row_group_size, shards=list(self._shards))
+                                    row_group_size=self.row_group_size, shards=list(self._shards),
+                                    encoding=self.encoding)
                 manifest.check_layout(fsio.url_of(self.url, MANIFEST_NAME))
                 fsio.write_bytes(self._fs, fsio.join(self._root, MANIFEST_NAME), manifest.to_json().encode())
         except BaseException:

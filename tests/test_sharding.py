@@ -89,7 +89,40 @@ def test_multiple_shards_and_ragged_last_shard(store_dir):
         assert os.path.getsize(os.path.join(url, s.file)) == s.bytes
     schema = last.schema_arrow
     assert schema.field("item").type == pa.int64()
-    assert schema.field("visual").type.list_size == 12 and schema.field("visual").type.value_type == pa.float32()
+    assert m.encoding == "binary"  # one 12 x float32 little-endian vector per row
+    assert schema.field("visual").type == pa.binary(48) and schema.field("text").type == pa.binary(20)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_list_encoding_and_old_manifests_read_the_same(tmp_path, dtype):
+    """``encoding="list"`` (FixedSizeList columns; manifests from before the field) gathers the same values as
+    the default binary encoding; a manifest whose encoding does not match the files is a named error."""
+    feats = _features(n=300)
+    ids = np.random.default_rng(1).integers(0, 300, 200)
+    gathered = {}
+    for encoding in ("binary", "list"):
+        url = str(tmp_path / encoding)
+        write_store(url, feats, dtype=dtype, shard_size=128, row_group_size=32, encoding=encoding)
+        gathered[encoding] = FeatureStore(url, cache_bytes=4096).gather_concat(ids)
+        t = pq.ParquetFile(os.path.join(url, "shard-00000.parquet")).schema_arrow.field("visual").type
+        assert (pa.types.is_fixed_size_binary(t) if encoding == "binary" else t.list_size == 12)
+    assert np.array_equal(gathered["binary"], gathered["list"])
+    assert np.array_equal(gathered["list"], _concat(feats, ids, np.dtype(dtype)).astype(np.float32))
+    # an old manifest (no "encoding" field) over list files reads as before
+    manifest = os.path.join(tmp_path, "list", "manifest.json")
+    doc = json.loads(open(manifest).read())
+    del doc["encoding"]
+    open(manifest, "w").write(json.dumps(doc))
+    assert np.array_equal(FeatureStore(str(tmp_path / "list")).gather_concat(ids), gathered["list"])
+    # claiming binary over list files: the shard and modality are named
+    doc["encoding"] = "binary"
+    open(manifest, "w").write(json.dumps(doc))
+    with pytest.raises(ShardIntegrityError, match=r"shard-00000.parquet.*modality 'visual'.*fixed_size_binary"):
+        FeatureStore(str(tmp_path / "list"), verify=False).gather_concat(ids)
+    doc["encoding"] = "zip"
+    open(manifest, "w").write(json.dumps(doc))
+    with pytest.raises(ManifestError, match="field 'encoding'"):
+        FeatureStore(str(tmp_path / "list"))
 
 
 def test_unaligned_shard_and_group_sizes(tmp_path):
@@ -295,7 +328,9 @@ def test_schema_drift_detected_even_with_matching_hash(store_dir):
     new = read_manifest(drifted).shards[0]
     doc["shards"][1].update(bytes=new.bytes, sha256=new.sha256)
     open(os.path.join(url, "manifest.json"), "w").write(json.dumps(doc))
-    with pytest.raises(ShardIntegrityError, match=r"shard-00001\.parquet: modality 'visual' has type .*\[11\]"):
+    # 11 float32 values per row where the manifest says 12: fixed_size_binary[44] vs [48]
+    with pytest.raises(ShardIntegrityError, match=r"shard-00001\.parquet: modality 'visual' has type "
+                                                  r"fixed_size_binary\[44\].*fixed_size_binary\[48\]"):
         FeatureStore(url).gather([301])
 
 

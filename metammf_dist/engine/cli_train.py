@@ -35,8 +35,14 @@ def run(args) -> int:
     trainer = Trainer(cfg)
     try:
         metrics = trainer.fit(resume=args.resume)
-    finally:
-        shutdown(trainer.info)
+    except BaseException:
+        # no final barrier: the other ranks may be blocked in a collective this rank will never join; the
+        # traceback must reach the log and the launcher must see this rank fail (it then stops the others)
+        import traceback
+
+        traceback.print_exc()
+        raise
+    shutdown(trainer.info)
     if trainer.info.is_main:
         print(json.dumps(metrics, sort_keys=True), flush=True)
     return 0

@@ -7,8 +7,9 @@ batch's input items from the shard store -> BPR loss through the engine -> backw
 ``patience``; at the end the best checkpoint is loaded and the test split is ranked.
 
 Options for big catalogs: ``train.fusion_cache_refresh`` (neighbour items read a fusion cache, only seed
-items are fused and read features: ``fusion_cache.py``) and ``train.id_tables=sparse`` (ID tables outside the
-engine, row-wise lazy Adam: ``sparse_ids.py``); both are saved with each checkpoint.  ``usage.json`` records
+items are fused and read features: ``fusion_cache.py``), ``train.gcn_history`` (one sampled hop, neighbours'
+inner-layer vectors from history tables: ``gcn_history.py``) and ``train.id_tables=sparse`` (ID tables outside
+the engine, row-wise lazy Adam: ``sparse_ids.py``); all are saved with each checkpoint.  ``usage.json`` records
 the time per phase and every rank's peak RSS.
 
 Determinism: samplers are seeded by (seed, epoch, rank) and the torch RNG (dropout) is reseeded per step,
@@ -24,13 +25,14 @@ from typing import Optional
 import torch
 import torch.distributed as tdist
 
-from metammf_dist.config import Config
+from metammf_dist.config import Config, sampled_fanouts
 from metammf_dist.data.dataset import Dataset
 from metammf_dist.data.feature_stats import feature_moments
 from metammf_dist.engine.checkpoint import Checkpoints, tag_for
 from metammf_dist.engine.deepspeed_engine import build_engine, gathered_parameters, load_ds_config
 from metammf_dist.engine.dist import DistInfo, init_distributed, log_main
 from metammf_dist.engine.fusion_cache import FILE_NAME as FUSION_CACHE_FILE, FusionCache
+from metammf_dist.engine.gcn_history import FILE_NAME as GCN_HISTORY_FILE, GCNHistory
 from metammf_dist.engine.sparse_ids import FILE_NAME as ID_TABLES_FILE, SparseIdTables
 from metammf_dist.engine.inference import compute_vectors, split_csr
 from metammf_dist.engine.objective import BPRObjective
@@ -86,7 +88,7 @@ class Trainer:
         self.ds_config = load_ds_config(cfg, self.info)
         self.engine = build_engine(BPRObjective(self.model), cfg, self.ds_config, self.info)
         self.batches = make_batches(
-            sampler_kind(cfg), self.graph, fanouts=cfg.train.fanouts, batch_size=cfg.train.batch_size,
+            sampler_kind(cfg), self.graph, fanouts=sampled_fanouts(cfg), batch_size=cfg.train.batch_size,
             num_negatives=cfg.train.num_negatives, seed=cfg.train.seed, rank=self.info.rank,
             world_size=self.info.world_size, num_workers=cfg.train.num_workers,
         )
@@ -104,6 +106,11 @@ class Trainer:
                 device=self.info.device,
             )
             self.batches.seed_features_only = True
+        self.gcn_history: Optional[GCNHistory] = None
+        if cfg.train.gcn_history:
+            self.gcn_history = GCNHistory(self.ds.num_users, self.ds.num_items, cfg.model.user_id_dim,
+                                      cfg.model.gcn_layers, rank=self.info.rank, world_size=self.info.world_size,
+                                      distributed=self.info.distributed, device=self.info.device)
 
     # -- public -----------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -118,6 +125,8 @@ class Trainer:
                 self._load_extras(tag)
                 if self.fusion_cache is not None:
                     self.fusion_cache.load(self.ckpt.root / tag / FUSION_CACHE_FILE)
+                if self.gcn_history is not None:
+                    self.gcn_history.load(self.ckpt.root / tag / GCN_HISTORY_FILE)
                 log_main(info, f"resumed from {tag} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
         while self.state.epoch < cfg.train.epochs and self.state.bad_evals < cfg.train.patience:
             self._train_epoch(self.state.epoch)
@@ -221,6 +230,9 @@ class Trainer:
         self.engine.step()
         if self.id_tables is not None:
             self.id_tables.step()
+        if self.gcn_history is not None:  # the seeds' fresh vectors (computed before this step's update)
+            self.gcn_history.push({"user": batch.output_users, "item": batch.output_items},
+                                  self.model.gcn.fresh_hidden, self.fusion_cache)
         return loss, batch
 
     def _use_fusion_cache(self, batch) -> None:
@@ -231,6 +243,9 @@ class Trainer:
             started = time.perf_counter()
             with gathered_parameters(self.engine):
                 cache.refresh(self.model, self.store, self.state.global_step)
+                if self.gcn_history is not None:
+                    self.gcn_history.refresh(self.model, cache.fused, self.graph.to(self.info.device),
+                                             self.state.global_step)
             self.last_refresh_seconds = time.perf_counter() - started
             self.usage["refreshes"] += 1
             self.usage["refresh_seconds"] += self.last_refresh_seconds
@@ -238,6 +253,10 @@ class Trainer:
         if batch.item_feats.shape[0] != n_seed or not torch.equal(batch.input_items[:n_seed], batch.output_items):
             raise TrainingError("fusion cache: the batch's seed items are not the first input items")
         batch.cached_fusion = cache.lookup(batch.input_items[n_seed:])
+        if self.gcn_history is not None:
+            n_user = int(batch.output_users.numel())
+            batch.neighbor_history = self.gcn_history.lookup({"user": batch.input_users[n_user:],
+                                                              "item": batch.input_items[n_seed:]})
 
     def _save(self, tag: str) -> None:
         keep = {self.state.best_tag} if self.state.best_tag else set()
@@ -246,6 +265,8 @@ class Trainer:
             extras[FUSION_CACHE_FILE] = self.fusion_cache.save
         if self.id_tables is not None:
             extras[ID_TABLES_FILE] = self.id_tables.save
+        if self.gcn_history is not None and self.gcn_history.tables:
+            extras[GCN_HISTORY_FILE] = self.gcn_history.save
         self.ckpt.save(self.engine, tag, asdict(self.state), keep=keep, keep_last=self.cfg.train.keep_checkpoints,
                        extras=extras)
 

@@ -17,7 +17,8 @@ class BPRObjective(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         out = self.model.forward_blocks(batch.blocks, batch.input_users, batch.input_items, batch.item_feats,
-                                        getattr(batch, "cached_fusion", None))
+                                        getattr(batch, "cached_fusion", None),
+                                        getattr(batch, "neighbor_history", None))
         users, items = out["user"], out["item"]
         pos = self.model.score(users[batch.pos_u], items[batch.pos_i])  # [P]
         neg = self.model.score(users[batch.neg_u], items[batch.neg_i])  # [P * num_negatives]

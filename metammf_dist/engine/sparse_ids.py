@@ -69,7 +69,7 @@ class SparseIdTables:
             emb.weight.grad = None
             rows, values = _rows_of(grad, weight)  # unique rows (a coalesced sparse gradient)
             if self.distributed and self.world_size > 1:
-                rows, values = _all_gather_rows(rows, values, self.world_size)
+                rows, values = all_gather_rows(rows, values, self.world_size)
                 rows, values = _coalesce(rows, values)
                 values = values / self.world_size
             if rows.numel() == 0:
@@ -137,7 +137,8 @@ def _coalesce(rows: torch.Tensor, values: torch.Tensor):
     return unique, summed
 
 
-def _all_gather_rows(rows: torch.Tensor, values: torch.Tensor, world_size: int):
+def all_gather_rows(rows: torch.Tensor, values: torch.Tensor, world_size: int):
+    """Every rank's (row ids, value rows), concatenated in rank order (padded all_gather: gloo and NCCL)."""
     count = torch.tensor([rows.numel()], dtype=torch.long, device=rows.device)
     counts = [torch.zeros_like(count) for _ in range(world_size)]
     tdist.all_gather(counts, count)

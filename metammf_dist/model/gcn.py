@@ -144,6 +144,7 @@ class GCN(nn.Module):
         self.layers = nn.ModuleList(make() for _ in range(num_layers))
         self.dropouts = nn.ModuleList(nn.Dropout(p) for p in _layer_dropouts(dropout, num_layers))
         self.activation = nn.LeakyReLU(leaky_slope)
+        self.fresh_hidden: List[Dict[str, torch.Tensor]] = []  # set by forward_history
 
     def forward(self, blocks: Sequence, feats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Blocks (one per layer; DGL or torch ``Block``) + src features of ``blocks[0]`` -> features of
@@ -157,6 +158,67 @@ class GCN(nn.Module):
         graph or a ``BipartiteGraph``)."""
         return self._propagate([g] * self.num_layers, feats)
 
+    def forward_history(self, block, feats: Dict[str, torch.Tensor],
+                        history: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        """Historical-embedding pass (GNNAutoScale; ``train.gcn_history``): ONE sampled hop for all layers.
+
+        ``block``: the seeds' sampled in-edges (its dst nodes are the seeds, a prefix of its src nodes);
+        ``feats``: layer-0 vectors of its src nodes; ``history[l - 1]``: layer-l vectors of the NON-dst src
+        nodes (rows ``num_dst_nodes:`` of each type) for l = 1 .. L-1, read from the history tables.
+        Layer l aggregates the same sampled neighbours: their layer-(l-1) vectors come from ``feats`` (l = 1)
+        or from ``history``; the seeds' own vectors are computed exactly, with gradient.  Returns the dst
+        nodes' output (combined like ``forward``) and leaves their fresh layer-0..L-1 vectors, detached,
+        in ``self.fresh_hidden`` (a list of per-type dicts) for the caller to push into the histories.
+        """
+        if len(history) != self.num_layers - 1:
+            raise ValueError(f"forward_history: {len(history)} history layers for a {self.num_layers}-layer GCN "
+                             f"(needs {self.num_layers - 1})")
+        n_out = {ntype: block.num_dst_nodes(ntype) for ntype in NODE_TYPES}
+        h = {ntype: feats[ntype] for ntype in NODE_TYPES}
+        outputs = [{ntype: h[ntype][: n_out[ntype]] for ntype in NODE_TYPES}]
+        last = self.num_layers - 1
+        for index, layer in enumerate(self.layers):
+            h = {ntype: self.dropouts[index](x) for ntype, x in h.items()}
+            y = self._layer(layer, block, h)
+            if index < last:
+                y = {ntype: self.activation(x) for ntype, x in y.items()}
+            outputs.append(y)
+            if index < last:
+                rows = history[index]
+                for ntype in NODE_TYPES:
+                    expected = block.num_src_nodes(ntype) - n_out[ntype]
+                    if rows[ntype].shape[0] != expected:
+                        raise ValueError(f"forward_history: layer {index + 1} history has {rows[ntype].shape[0]} "
+                                         f"{ntype} rows for {expected} neighbour nodes")
+                h = {ntype: torch.cat([y[ntype], rows[ntype].to(y[ntype].dtype)]) for ntype in NODE_TYPES}
+        self.fresh_hidden = [{ntype: step[ntype].detach() for ntype in NODE_TYPES} for step in outputs[:-1]]
+        return self._combine(outputs)
+
+    @torch.no_grad()
+    def hidden_graph(self, g, feats: Dict[str, torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+        """Layer-1 .. L-1 vectors of every node of the whole graph ``g`` (no dropout, no gradient): what
+        ``train.gcn_history`` refreshes its tables with."""
+        h = {ntype: feats[ntype] for ntype in NODE_TYPES}
+        hidden = []
+        for layer in self.layers[:-1]:
+            h = self._layer(layer, g.full_block() if isinstance(g, BipartiteGraph) else g, h)
+            h = {ntype: self.activation(x) for ntype, x in h.items()}
+            hidden.append(h)
+        return hidden
+
+    def _layer(self, layer: nn.Module, graph, h: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        if _is_torch_graph(graph):
+            return _torch_layer(layer, graph, h)
+        if self.uses_dgl:
+            return layer(graph, h)
+        raise TypeError(f"GCN built without DGL modules got a {type(graph).__name__}: use the torch graph "
+                        "backend (train.graph_backend=torch) or build the GCN with DGL installed")
+
+    def _combine(self, outputs: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        if self.combine == "last":
+            return outputs[-1]
+        return {ntype: torch.stack([step[ntype] for step in outputs]).mean(0) for ntype in NODE_TYPES}
+
     def _propagate(self, graphs: List, feats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         h = {ntype: feats[ntype] for ntype in NODE_TYPES}
         # Output nodes: the dst nodes of the last graph (all nodes for a whole graph).  With DGL blocks
@@ -167,16 +229,8 @@ class GCN(nn.Module):
         for index, (layer, graph) in enumerate(zip(self.layers, graphs)):
             # one dropout mask per node: HeteroGraphConv slices dst inputs from these same src inputs
             h = {ntype: self.dropouts[index](x) for ntype, x in h.items()}
-            if _is_torch_graph(graph):
-                h = _torch_layer(layer, graph, h)
-            elif self.uses_dgl:
-                h = layer(graph, h)
-            else:
-                raise TypeError(f"GCN built without DGL modules got a {type(graph).__name__}: use the torch graph "
-                                "backend (train.graph_backend=torch) or build the GCN with DGL installed")
+            h = self._layer(layer, graph, h)
             if index < last:
                 h = {ntype: self.activation(x) for ntype, x in h.items()}
             history.append({ntype: h[ntype][: n_out[ntype]] for ntype in NODE_TYPES})
-        if self.combine == "last":
-            return history[-1]
-        return {ntype: torch.stack([step[ntype] for step in history]).mean(0) for ntype in NODE_TYPES}
+        return self._combine(history)

@@ -116,6 +116,7 @@ class MetaMMFRecommender(nn.Module):
         input_items: torch.Tensor,
         input_item_feats: torch.Tensor,
         cached_fusion: Optional[torch.Tensor] = None,
+        neighbor_history: Optional[Sequence[Dict[str, torch.Tensor]]] = None,
     ) -> Dict[str, torch.Tensor]:
         """Vectors of the dst nodes of ``blocks[-1]``: ``{"user": [n_dst_user, D], "item": [n_dst_item, D]}``.
 
@@ -124,19 +125,45 @@ class MetaMMFRecommender(nn.Module):
         ``cached_fusion`` (fusion cache, GCN scorer): ``input_item_feats`` then covers only the first
         rows of ``input_items`` (the seed items, exact fusion) and ``cached_fusion`` gives the fusion
         outputs of the remaining (neighbour) items, without gradient.
+        ``neighbor_history`` (``train.gcn_history``, with ``cached_fusion``): ``blocks`` is ONE sampled hop;
+        the neighbours' layer-0 vectors (cached fusion ⊕ ID row) and their layer-1..L-1 vectors (these
+        history rows) carry no gradient; only the seeds' ID rows and fusion get gradients (``GCN.forward_history``).
         """
         if self.gcn is None:
-            if cached_fusion is not None:
-                raise ValueError("forward_blocks: cached_fusion needs the GCN scorer (MF has no neighbour items)")
+            if cached_fusion is not None or neighbor_history is not None:
+                raise ValueError("forward_blocks: cached_fusion / neighbor_history need the GCN scorer "
+                                 "(MF has no neighbour items)")
             if blocks:
                 n_user = blocks[-1].num_dst_nodes("user")
                 n_item = blocks[-1].num_dst_nodes("item")
                 input_users, input_items = input_users[:n_user], input_items[:n_item]
                 input_item_feats = input_item_feats[:n_item]
             return {"user": self.user_vectors(input_users), "item": self.item_vectors(input_items, input_item_feats)}
+        if neighbor_history is not None:
+            return self._forward_history(blocks, input_users, input_items, input_item_feats, cached_fusion,
+                                         neighbor_history)
         feats = {"user": self.user_vectors(input_users),
                  "item": self.item_vectors(input_items, input_item_feats, fused_rest=cached_fusion)}
         return self.gcn(blocks, feats)
+
+    def _forward_history(self, blocks, input_users, input_items, input_item_feats, cached_fusion, history):
+        if blocks is None or len(blocks) != 1 or cached_fusion is None:
+            raise ValueError("forward_blocks: neighbor_history needs one sampled block and cached_fusion "
+                             f"(got {0 if blocks is None else len(blocks)} blocks)")
+        block = blocks[0]
+        n_user, n_item = block.num_dst_nodes("user"), block.num_dst_nodes("item")
+        if input_item_feats.shape[0] != n_item or cached_fusion.shape[0] != input_items.shape[0] - n_item:
+            raise ValueError(f"forward_blocks: {input_item_feats.shape[0]} seed feature rows and "
+                             f"{cached_fusion.shape[0]} cached rows for {n_item} seed + "
+                             f"{input_items.shape[0] - n_item} neighbour items")
+        users = self.user_vectors(input_users[:n_user])
+        items = self.item_vectors(input_items[:n_item], input_item_feats)
+        with torch.no_grad():  # neighbours: no gradient reaches their ID rows (nor the fusion)
+            rest_users = self.user_vectors(input_users[n_user:])
+            rest_ids = self.item_emb(input_items[n_item:].to(self.item_emb.weight.device))
+            rest_items = torch.cat([cached_fusion.to(device=rest_ids.device, dtype=rest_ids.dtype), rest_ids], dim=1)
+        feats = {"user": torch.cat([users, rest_users]), "item": torch.cat([items, rest_items])}
+        return self.gcn.forward_history(block, feats, history)
 
     def forward_graph(self, g, item_feats_all: torch.Tensor, chunk_size: int = 8192) -> Dict[str, torch.Tensor]:
         """Full-graph pass: ``{"user": [num_users, D], "item": [num_items, D]}``.
@@ -158,9 +185,11 @@ class MetaMMFRecommender(nn.Module):
             return vectors
         return self.gcn.forward_graph(g, vectors)
 
-    def forward(self, blocks, input_users, input_items, input_item_feats, cached_fusion=None) -> Dict[str, torch.Tensor]:
+    def forward(self, blocks, input_users, input_items, input_item_feats, cached_fusion=None,
+                neighbor_history=None) -> Dict[str, torch.Tensor]:
         """Same as ``forward_blocks`` (so wrappers that call the module, e.g. DeepSpeed engines, work)."""
-        return self.forward_blocks(blocks, input_users, input_items, input_item_feats, cached_fusion)
+        return self.forward_blocks(blocks, input_users, input_items, input_item_feats, cached_fusion,
+                                   neighbor_history)
 
     @staticmethod
     def score(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:

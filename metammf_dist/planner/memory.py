@@ -16,7 +16,11 @@ byte counts, each tagged with the phase in which it is alive:
 * ``setup`` — building the trainer (full-graph blocks);
 * ``refresh`` — a fusion-cache refresh (``train.fusion_cache_refresh``): one chunk of no-grad fusion plus the
   new cache before it replaces the old one.  With the cache, a step fuses (and reads features of) only its
-  seed items; the cache (``num_items x fusion_dims[-1]`` floats) is persistent.
+  seed items; the cache (``num_items x fusion_dims[-1]`` floats) is persistent;
+* ``history`` — a GCN-history refresh (``train.gcn_history``): one no-grad GraphSAGE layer over the whole
+  train graph (layer-0 vectors of every node, one edge chunk of messages, the new tables).  The tables
+  (``(num_users + num_items) x D x (L - 1)`` floats) are persistent, and a step's blocks are ONE sampled hop
+  (``fanouts[-1]``) that every GCN layer runs over.
 
 Peak per rank = persistent + the largest phase.  Bytes are float32 (4) unless noted; the formulas
 follow the code (``model/fusion.py``, ``model/gcn.py``, ``sampler/*``, ``engine/*``, DeepSpeed 0.18's ZeRO
@@ -49,7 +53,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from metammf_dist.config import Config
+from metammf_dist.config import Config, sampled_fanouts
+from metammf_dist.model.gcn import EDGE_CHUNK
 from metammf_dist.model.summary import count_parameters
 
 FLOAT = 4
@@ -78,7 +83,7 @@ GLIBC_MMAP_MAX = 32 << 20  # glibc's dynamic mmap threshold never exceeds 32 MiB
 RETENTION = 1.5  # retained heap / small-tensor bytes of a step (glibc, measured 0.9-1.9 on 3 catalogs)
 SCORE_CHUNKS_ALIVE = 1  # evaluation.ranking frees each chunk's scores before scoring the next chunk
 
-PHASES = ("persistent", "setup", "backward", "optimizer", "refresh", "inference", "ranking")
+PHASES = ("persistent", "setup", "backward", "optimizer", "refresh", "history", "inference", "ranking")
 
 
 @dataclass
@@ -294,7 +299,7 @@ def probe_blocks(cfg: Config, steps: int = 2, world_size: int = 1) -> BlockSizes
     ds = Dataset.open(cfg.data.path, storage_options=cfg.data.storage_options or None)
     u, i = ds.interactions("train")
     graph = build_train_graph(u, i, ds.num_users, ds.num_items)
-    batches = make_batches(sampler_kind(cfg), graph, fanouts=cfg.train.fanouts, batch_size=cfg.train.batch_size,
+    batches = make_batches(sampler_kind(cfg), graph, fanouts=sampled_fanouts(cfg), batch_size=cfg.train.batch_size,
                            num_negatives=cfg.train.num_negatives, seed=cfg.train.seed, rank=0,
                            world_size=world_size)
     sums: Optional[List[Dict[str, float]]] = None
@@ -482,7 +487,7 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         if full and gcn:
             blocks = full_blocks(workload, len(t.fanouts))
         elif gcn:
-            blocks = expected_blocks(workload, batch_per_rank, t.num_negatives, t.fanouts)
+            blocks = expected_blocks(workload, batch_per_rank, t.num_negatives, sampled_fanouts(cfg))
         else:
             blocks = edge_blocks(workload, batch_per_rank, t.num_negatives)
     if gcn and not full:
@@ -551,7 +556,10 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     if sparse_ids:
         add("ID tables + lazy Adam (m, v)", 3 * FLOAT * sum(id_tables) / FLOAT, "persistent", dev,
             "outside ZeRO, replicated", tensors=id_tables * 3)
-        rows = FLOAT * (blocks.input_users * m.user_id_dim + blocks.input_items * m.item_id_dim)
+        if t.gcn_history:  # only the seeds' rows get gradients
+            rows = FLOAT * (blocks.output_users * m.user_id_dim + blocks.output_items * m.item_id_dim)
+        else:
+            rows = FLOAT * (blocks.input_users * m.user_id_dim + blocks.input_items * m.item_id_dim)
         add("ID gradient rows (sparse, gathered)", (2 + n) * rows, "optimizer", dev, "coalesced, all ranks' rows")
 
     # ---- one training step -----------------------------------------------------------------------------
@@ -568,6 +576,16 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         chunk = min(float(cfg.eval.item_chunk), float(workload.num_items))
         add("fusion cache refresh (one chunk, no grad)", FLOAT * chunk * (fusion["saved"] + fusion["largest"])
             + FLOAT * workload.num_items * fdim, "refresh", dev, "chunked fusion + the all-reduced copy")
+    history = t.gcn_history and cached
+    if history:
+        d, hist_layers = float(m.user_id_dim), float(m.gcn_layers - 1)
+        neighbours = users_in + items_in - blocks.output_users - blocks.output_items
+        add("GCN layer histories", FLOAT * nodes * d * hist_layers, "persistent", dev,
+            f"{nodes:,.0f} nodes x {m.user_id_dim} x {m.gcn_layers - 1} layer(s)")
+        add("history lookup", FLOAT * neighbours * d * hist_layers, "backward", dev, "neighbour rows of a step")
+        add("history refresh: layer-0 vectors + messages", FLOAT * d * (float(workload.num_items) + min(
+            float(EDGE_CHUNK), e_tr)), "history", dev, "all items' fusion ⊕ ID rows, one edge chunk")
+        add("history refresh: new tables", FLOAT * nodes * d * hist_layers, "history", dev, "before the old are freed")
     batch_bytes = FLOAT * fused * workload.feat_dim
     add("batch features (float32)", batch_bytes, "backward", dev, f"{fused:,.0f} items fused per step")
     add("batch features (float32)", batch_bytes, "optimizer", dev, "the batch lives until the next one")
@@ -577,7 +595,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     add("user ID rows", FLOAT * users_in * m.user_id_dim, "backward", dev, f"{users_in:,.0f} unique input users")
     largest = FLOAT * fused * fusion["largest"]
     if gcn:
-        g = _gcn_floats(cfg, blocks)
+        # with layer histories every GCN layer runs over the same one sampled hop
+        g = _gcn_floats(cfg, replace(blocks, layers=blocks.layers * m.gcn_layers) if history else blocks)
         add("GCN activations", FLOAT * g["saved"], "backward", dev, tensors=[FLOAT * x for x in g["pieces"]])
         largest = max(largest, FLOAT * g["largest"])
         if not full:

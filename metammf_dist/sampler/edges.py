@@ -44,6 +44,7 @@ class MiniBatch:
     num_pos: int
     item_feats: Optional[torch.Tensor] = field(default=None, repr=False)  # filled by features.attach_features
     cached_fusion: Optional[torch.Tensor] = field(default=None, repr=False)  # fusion cache rows of non-seed items
+    neighbor_history: Optional[list] = field(default=None, repr=False)  # gcn_history rows of non-seed nodes per layer
 
     @property
     def num_input_users(self) -> int:
