@@ -9,6 +9,11 @@ while reading; this also hides object-store latency).  With ``verify=True`` a sh
 and checked on first open; size, Parquet schema, dims and row counts are always checked against the
 manifest.
 
+Local stores with the ``binary`` encoding skip all of that for gathers: ``rows.py`` locates each requested
+row's bytes in its shard file from the footer metadata, and a gather ``preadv``s just those bytes (no
+decoding, no slab; ``direct_reads``).  Stores where that layout does not hold (other encodings, compressed
+or multi-page chunks, object stores) use row-group reads; ``cache_info()["direct"]`` says which.
+
 One lock serializes requests within a process.  The store pickles without handles or cache (DataLoader
 workers each reopen their own) and notices a fork, so a forked child never reuses the parent's handles.
 """
@@ -24,6 +29,7 @@ import pyarrow.parquet as pq
 
 from . import fsio
 from .cache import SlabCache
+from .rows import chunk_values_start, pread_rows
 from .errors import ManifestError, ShardIntegrityError, StoreError
 from .manifest import ITEM_COLUMN, MANIFEST_NAME, Manifest
 
@@ -52,8 +58,11 @@ class FeatureStore:
     """Read-only view of a store.  ``gather*`` accept any integer ids (any order, duplicates, any shape)."""
 
     def __init__(self, url: str, *, cache_bytes: int = 512 << 20, verify: bool = True,
-                 storage_options: dict | None = None, io_threads: int | None = None):
+                 storage_options: dict | None = None, io_threads: int | None = None, direct_reads: bool = True):
+        """``direct_reads``: gather single rows with ``pread`` where the layout allows it (local files,
+        ``binary`` encoding); False: always decode whole row groups through the cache."""
         self.url = url
+        self.direct_reads = bool(direct_reads)
         self.cache_bytes = int(cache_bytes)
         self.verify = bool(verify)
         self.io_threads = max(1, int(io_threads if io_threads is not None else min(4, os.cpu_count() or 1)))
@@ -81,6 +90,7 @@ class FeatureStore:
         self._aligned = m.shard_size % m.row_group_size == 0  # then gid = id // row_group_size
         self._gid_space = m.num_shards * self._groups_per_shard
         self._num_groups = sum(-(-s.num_rows // self._rgs) for s in m.shards)
+        self._widths = np.array([d * np.dtype(self.dtype).itemsize for d in self.modalities.values()], dtype=np.int64)
 
     def _reset_runtime(self, fs=None, root=None) -> None:
         """(Re)create everything that must not cross a pickle or a fork: fs, handles, cache, lock."""
@@ -94,6 +104,13 @@ class FeatureStore:
         self._cache = SlabCache(self._gid_space, self._num_groups, self._rgs, self.dim, np.dtype(self.dtype),
                                 self.cache_bytes)
         self._scratch: tuple[int, np.ndarray] | None = None  # iter_range's last decoded group
+        # direct row reads: per (global group, modality) the file offset of the group's row 0 (-1: not mapped)
+        self._direct_ok = (self.direct_reads and self.manifest.encoding == "binary" and fsio.is_local(fs))
+        self._direct_why = "" if self._direct_ok else "off" if not self.direct_reads else (
+            f"encoding {self.manifest.encoding!r}" if fsio.is_local(fs) else "not a local store")
+        self._row_start = np.full((self._gid_space, len(self.modalities)), -1, dtype=np.int64)
+        self._mapped: set[int] = set()  # shards whose row offsets are known
+        self._fds: dict[int, int] = {}  # shard -> OS file descriptor (pread is thread-safe)
         self._lock = threading.RLock()
         self._pid = os.getpid()
 
@@ -102,7 +119,8 @@ class FeatureStore:
             self._reset_runtime()
 
     def __getstate__(self) -> dict:
-        keep = ("url", "cache_bytes", "verify", "io_threads", "storage_options", "manifest", "_verified")
+        keep = ("url", "cache_bytes", "verify", "io_threads", "storage_options", "manifest", "_verified",
+                "direct_reads")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict) -> None:
@@ -128,6 +146,8 @@ class FeatureStore:
                     fh.close()
                 except Exception:
                     pass
+            for fd in self._fds.values():
+                os.close(fd)
             self._reset_runtime(self._fs, self._root)
 
     def __enter__(self) -> "FeatureStore":
@@ -141,8 +161,12 @@ class FeatureStore:
         """``{modality: [*ids.shape, dim]}`` for the given ids."""
         ids, shape = self._check_ids(item_ids)
         dtype = np.dtype(dtype or self.dtype)
-        outs = {name: np.empty((len(ids), d), dtype=dtype) for name, d in self.modalities.items()}
         self._check_process()
+        direct = self._direct_gather(ids)
+        if direct is not None:
+            return {name: direct[:, off:off + d].astype(dtype).reshape(shape + (d,))
+                    for name, (off, d) in self._offsets.items()}
+        outs = {name: np.empty((len(ids), d), dtype=dtype) for name, d in self.modalities.items()}
         with self._lock:
             slab = self._cache.slab
             for pos, rows in self._plan(ids):
@@ -156,6 +180,9 @@ class FeatureStore:
         dtype = np.dtype(dtype or self.dtype)
         out = None
         self._check_process()
+        direct = self._direct_gather(ids)
+        if direct is not None:
+            return direct.astype(dtype, copy=False).reshape(shape + (self.dim,))
         with self._lock:
             slab = self._cache.slab
             for pos, rows in self._plan(ids):
@@ -207,16 +234,70 @@ class FeatureStore:
                     fh.close()
 
     def cache_info(self) -> dict:
-        """Cache state: bytes held / capacity, cached ``(shard, row_group)`` pairs, row groups decoded so far."""
+        """Cache state: bytes held / capacity, cached ``(shard, row_group)`` pairs, row groups decoded so far;
+        ``direct``: whether gathers read single rows (and ``direct_why`` if not)."""
         with self._lock:
             gids = self._cache.cached_groups()
             return {
+                "direct": self._direct_ok,
+                "direct_why": self._direct_why,
                 "bytes": self._cache.nbytes,
                 "capacity_bytes": self._cache.capacity_bytes,
                 "capacity_groups": self._cache.capacity,
                 "groups": [(int(g) // self._groups_per_shard, int(g) % self._groups_per_shard) for g in gids],
                 "group_loads": self._cache.loads,
             }
+
+    # ------------------------------------------------------------------ direct row reads
+    def _direct_gather(self, ids: np.ndarray) -> np.ndarray | None:
+        """``[len(ids), dim]`` in the store dtype read row by row, or None when direct reads do not apply."""
+        if not self._direct_ok or len(ids) == 0:
+            return None
+        gid, row = self._locate(ids)
+        shards = gid // self._groups_per_shard
+        with self._lock:
+            for shard in np.unique(shards).tolist():
+                if shard not in self._mapped and not self._map_shard(shard):
+                    return None  # layout does not allow it: row-group reads from now on
+            fds = [self._fds.get(s, -1) for s in range(self.manifest.num_shards)]
+        offsets = self._row_start[gid] + row[:, None] * self._widths[None, :]
+        out = np.empty((len(ids), self.dim), dtype=np.dtype(self.dtype).newbyteorder("<"))
+        with fsio.store_errors(self.url, "read feature rows"):
+            pread_rows(shards, offsets, self._widths, out, fds)
+        return out
+
+    def _map_shard(self, shard: int) -> bool:
+        """Find row 0's file offset of every (row group, modality) of ``shard``; False (and direct reads
+        off for this store) if a chunk is not one plain uncompressed page."""
+        pf = self._parquet(shard)  # size / hash / schema checks on first open
+        info = self.manifest.shards[shard]
+        # the item column must hold the manifest's ids (catches a swapped or misplaced shard, as the decode
+        # path does per row group): 8 bytes per item, read once per shard
+        with fsio.store_errors(self._where(shard), "read the item column"):
+            items = pf.read(columns=[ITEM_COLUMN], use_threads=False).column(0).to_numpy()
+        bad = np.flatnonzero(items != np.arange(info.start, info.stop, dtype=np.int64))
+        if len(items) != info.num_rows or len(bad):
+            g = int(bad[0]) // self._rgs if len(bad) else 0
+            first = info.start + g * self._rgs
+            raise ShardIntegrityError(f"{self._where(shard)}: row group {g} does not hold items "
+                                      f"[{first}, {min(first + self._rgs, info.stop)}) as the manifest says")
+        path = fsio.join(self._root, info.file)
+        fd = os.open(path, os.O_RDONLY)
+        md = pf.metadata
+        first_gid = shard * self._groups_per_shard
+        for g in range(md.num_row_groups):
+            group = md.row_group(g)
+            for m, (name, width) in enumerate(zip(self.modalities, self._widths.tolist())):
+                start, why = chunk_values_start(fd, group.column(m + 1), group.num_rows, width)
+                if start is None:
+                    os.close(fd)
+                    self._direct_ok = False
+                    self._direct_why = f"{self._where(shard)}: row group {g}, modality {name!r}: {why}"
+                    return False
+                self._row_start[first_gid + g, m] = start
+        self._fds[shard] = fd
+        self._mapped.add(shard)
+        return True
 
     # ------------------------------------------------------------------ id -> (group, row) planning
     def _check_ids(self, item_ids) -> tuple[np.ndarray, tuple]:

@@ -147,7 +147,7 @@ def test_memory_url_round_trip():
 # ---------------------------------------------------------------------------------------------- cache
 def test_reads_only_the_row_groups_it_needs(store_dir):
     url, feats = store_dir
-    store = FeatureStore(url)
+    store = FeatureStore(url, direct_reads=False)  # row-group reads through the cache
     ids = np.array([3, 70, 5, 650])  # shard 0 groups 0 and 1; shard 2 group 0
     assert np.array_equal(store.gather_concat(ids), _concat(feats, ids))
     info = store.cache_info()
@@ -159,7 +159,7 @@ def test_reads_only_the_row_groups_it_needs(store_dir):
 def test_lru_respects_byte_bound_and_evicts_least_recent(store_dir):
     url, feats = store_dir
     group_bytes = 64 * 17 * 4
-    store = FeatureStore(url, cache_bytes=3 * group_bytes + 100)
+    store = FeatureStore(url, cache_bytes=3 * group_bytes + 100, direct_reads=False)
     assert store.cache_info()["capacity_bytes"] == 3 * group_bytes
     for item in (0, 64, 128):  # groups (0,0) (0,1) (0,2)
         store.gather_concat([item])
@@ -177,7 +177,7 @@ def test_lru_respects_byte_bound_and_evicts_least_recent(store_dir):
 
 def test_iter_range_streams_without_filling_cache(store_dir):
     url, feats = store_dir
-    store = FeatureStore(url)
+    store = FeatureStore(url, direct_reads=False)
     store.gather_concat([70])  # one cached group is reused, the rest is streamed
     parts = list(store.iter_range(10, 995, 128))
     assert [(lo, hi) for lo, hi, _ in parts][:2] == [(10, 138), (138, 266)] and parts[-1][1] == 995
@@ -415,15 +415,42 @@ def test_features_benchmark_tiny(tmp_path):
     assert len(os.listdir(tmp_path)) == 1
 
 
-def test_swapped_shards_caught_by_item_column_in_parallel_reads(store_dir):
+@pytest.mark.parametrize("direct", [False, True])
+def test_swapped_shards_caught_by_item_column_in_parallel_reads(store_dir, direct):
     url, feats = store_dir
     a, b = _shard_path(url, 0), _shard_path(url, 1)  # full shards: same byte size
     assert os.path.getsize(a) == os.path.getsize(b)
     os.replace(a, a + ".tmp"), os.replace(b, a), os.replace(a + ".tmp", b)
-    store = FeatureStore(url, verify=False, io_threads=3)
+    store = FeatureStore(url, verify=False, io_threads=3, direct_reads=direct)
     with pytest.raises(ShardIntegrityError, match=r"shard-0000[01]\.parquet: row group \d does not hold items"):
         store.gather_concat(np.arange(0, 600, 7))  # 10 missing groups -> read by 2-3 threads
     ok = np.arange(600, 1000, 3)  # the failed request left the cache consistent
     assert np.array_equal(store.gather_concat(ok), _concat(feats, ok))
     info = store.cache_info()
-    assert all(s >= 2 for s, _ in info["groups"]) and info["bytes"] == len(info["groups"]) * 64 * 17 * 4
+    assert info["direct"] == direct
+    if not direct:
+        assert all(s >= 2 for s, _ in info["groups"]) and info["bytes"] == len(info["groups"]) * 64 * 17 * 4
+
+
+def test_direct_row_reads_equal_row_group_reads_and_fall_back(tmp_path):
+    """Direct (pread) gathers equal decoded ones for every row, dtype and odd shapes; stores whose chunks are
+    not one plain page (here: compressed) fall back to row-group reads, and say why."""
+    for dtype in ("float16", "float32"):
+        feats = _features(n=777, dims=(("visual", 12), ("audio", 3), ("text", 5)))
+        url = str(tmp_path / dtype)
+        write_store(url, feats, dtype=dtype, shard_size=250, row_group_size=40, chunk_rows=33)
+        ids = np.concatenate([np.arange(777), np.random.default_rng(2).integers(0, 777, (500,))])
+        direct, decoded = FeatureStore(url), FeatureStore(url, direct_reads=False)
+        assert np.array_equal(direct.gather_concat(ids), decoded.gather_concat(ids))
+        assert np.array_equal(direct.gather_concat(ids[:1260].reshape(-1, 7)),
+                              decoded.gather_concat(ids[:1260]).reshape(-1, 7, 20))
+        d_parts, r_parts = direct.gather(ids[:50], dtype=np.float64), decoded.gather(ids[:50], dtype=np.float64)
+        assert all(np.array_equal(d_parts[k], r_parts[k]) for k in feats)
+        assert direct.cache_info()["direct"] and direct.cache_info()["groups"] == []  # no slab used
+        assert np.array_equal(direct.gather_concat(ids), _concat(feats, ids, np.dtype(dtype)).astype(np.float32))
+    url = str(tmp_path / "zstd")
+    write_store(url, feats, dtype="float16", shard_size=250, row_group_size=40, compression="zstd")
+    store = FeatureStore(url)
+    assert np.array_equal(store.gather_concat(ids), _concat(feats, ids, np.float16).astype(np.float32))
+    info = store.cache_info()
+    assert not info["direct"] and "ZSTD" in info["direct_why"] and "shard-00000.parquet" in info["direct_why"]

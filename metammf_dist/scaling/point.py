@@ -51,7 +51,8 @@ def steps_per_epoch(data_path: str, batch_size: int) -> int:
 def point_overrides(sweep: Sweep, series: Series, data_path: str, run_dir: str) -> List[str]:
     from metammf_dist.config import load_config
 
-    base = load_config(sweep.base_config, list(sweep.overrides) + list(series.overrides))
+    cached = [] if series.fusion_cache == "off" else ["train.fusion_cache_refresh=1"]  # (validation only)
+    base = load_config(sweep.base_config, list(sweep.overrides) + list(series.overrides) + cached)
     refresh = 0
     if series.fusion_cache == "epoch":
         refresh = steps_per_epoch(data_path, base.train.batch_size)
