@@ -58,11 +58,13 @@ class FeatureStore:
     """Read-only view of a store.  ``gather*`` accept any integer ids (any order, duplicates, any shape)."""
 
     def __init__(self, url: str, *, cache_bytes: int = 512 << 20, verify: bool = True,
-                 storage_options: dict | None = None, io_threads: int | None = None, direct_reads: bool = True):
+                 storage_options: dict | None = None, io_threads: int | None = None,
+                 direct_reads: bool | None = None):
         """``direct_reads``: gather single rows with ``pread`` where the layout allows it (local files,
-        ``binary`` encoding); False: always decode whole row groups through the cache."""
+        ``binary`` encoding) — None (default): when the cache cannot hold the whole store (a cache that
+        does is faster once warm); True: always; False: never (decode whole row groups through the cache)."""
         self.url = url
-        self.direct_reads = bool(direct_reads)
+        self.direct_reads = direct_reads
         self.cache_bytes = int(cache_bytes)
         self.verify = bool(verify)
         self.io_threads = max(1, int(io_threads if io_threads is not None else min(4, os.cpu_count() or 1)))
@@ -105,9 +107,11 @@ class FeatureStore:
                                 self.cache_bytes)
         self._scratch: tuple[int, np.ndarray] | None = None  # iter_range's last decoded group
         # direct row reads: per (global group, modality) the file offset of the group's row 0 (-1: not mapped)
-        self._direct_ok = (self.direct_reads and self.manifest.encoding == "binary" and fsio.is_local(fs))
-        self._direct_why = "" if self._direct_ok else "off" if not self.direct_reads else (
-            f"encoding {self.manifest.encoding!r}" if fsio.is_local(fs) else "not a local store")
+        wanted = self.direct_reads if self.direct_reads is not None else self._cache.capacity < self._num_groups
+        self._direct_ok = bool(wanted and self.manifest.encoding == "binary" and fsio.is_local(fs))
+        self._direct_why = "" if self._direct_ok else (
+            ("off" if self.direct_reads is False else "the cache holds the whole store") if not wanted
+            else f"encoding {self.manifest.encoding!r}" if fsio.is_local(fs) else "not a local store")
         self._row_start = np.full((self._gid_space, len(self.modalities)), -1, dtype=np.int64)
         self._mapped: set[int] = set()  # shards whose row offsets are known
         self._fds: dict[int, int] = {}  # shard -> OS file descriptor (pread is thread-safe)

@@ -422,6 +422,7 @@ def test_swapped_shards_caught_by_item_column_in_parallel_reads(store_dir, direc
     assert os.path.getsize(a) == os.path.getsize(b)
     os.replace(a, a + ".tmp"), os.replace(b, a), os.replace(a + ".tmp", b)
     store = FeatureStore(url, verify=False, io_threads=3, direct_reads=direct)
+    assert store.cache_info()["direct"] == direct
     with pytest.raises(ShardIntegrityError, match=r"shard-0000[01]\.parquet: row group \d does not hold items"):
         store.gather_concat(np.arange(0, 600, 7))  # 10 missing groups -> read by 2-3 threads
     ok = np.arange(600, 1000, 3)  # the failed request left the cache consistent
@@ -440,7 +441,9 @@ def test_direct_row_reads_equal_row_group_reads_and_fall_back(tmp_path):
         url = str(tmp_path / dtype)
         write_store(url, feats, dtype=dtype, shard_size=250, row_group_size=40, chunk_rows=33)
         ids = np.concatenate([np.arange(777), np.random.default_rng(2).integers(0, 777, (500,))])
-        direct, decoded = FeatureStore(url), FeatureStore(url, direct_reads=False)
+        direct, decoded = FeatureStore(url, direct_reads=True), FeatureStore(url, direct_reads=False)
+        assert not FeatureStore(url).cache_info()["direct"]  # auto: the default cache holds this store
+        assert FeatureStore(url, cache_bytes=4096).cache_info()["direct"]  # ... this one does not
         assert np.array_equal(direct.gather_concat(ids), decoded.gather_concat(ids))
         assert np.array_equal(direct.gather_concat(ids[:1260].reshape(-1, 7)),
                               decoded.gather_concat(ids[:1260]).reshape(-1, 7, 20))
@@ -450,7 +453,7 @@ def test_direct_row_reads_equal_row_group_reads_and_fall_back(tmp_path):
         assert np.array_equal(direct.gather_concat(ids), _concat(feats, ids, np.dtype(dtype)).astype(np.float32))
     url = str(tmp_path / "zstd")
     write_store(url, feats, dtype="float16", shard_size=250, row_group_size=40, compression="zstd")
-    store = FeatureStore(url)
+    store = FeatureStore(url, direct_reads=True)
     assert np.array_equal(store.gather_concat(ids), _concat(feats, ids, np.float16).astype(np.float32))
     info = store.cache_info()
     assert not info["direct"] and "ZSTD" in info["direct_why"] and "shard-00000.parquet" in info["direct_why"]
