@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 7: test Recall@20 with and without the fusion cache, same seed and data (100k-item synthetic catalog,
 # one epoch, every test user ranked).  bash scripts/cache_quality.sh [K] [ITEMS] [key=value ...]   (~8 min on 2 cores)
-# Extra key=value overrides apply to the cached run only, e.g. train.gcn_history=true (layer histories).
+# Extra key=value overrides apply to the cached run only, e.g. train.gcn_history=true (layer histories);
+# REUSE_NOCACHE=1 keeps an earlier no-cache run of the same catalog instead of training it again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 K=${1:-50}; ITEMS=${2:-100000}; EXTRA=("${@:3}")
@@ -14,8 +15,10 @@ DATA=bench_out/scale/data/synth-i${ITEMS}-u${ITEMS}-e$((ITEMS * 10))-image128-te
 mkdir -p runs
 $PY -m metammf_dist train configs/scale/base.yaml data.path="$DATA" run_dir="runs/cache-quality-$TAG" \
   train.fusion_cache_refresh="$K" eval.max_users=0 "${EXTRA[@]}" | tail -1 > "runs/cache-quality-$TAG.json"
-$PY -m metammf_dist train configs/scale/base.yaml data.path="$DATA" run_dir="runs/cache-quality-k0" \
-  train.fusion_cache_refresh=0 eval.max_users=0 | tail -1 > "runs/cache-quality-k0.json"
+if [ -z "${REUSE_NOCACHE:-}" ] || [ ! -s runs/cache-quality-k0.json ]; then  # REUSE_NOCACHE=1: keep a finished one
+  $PY -m metammf_dist train configs/scale/base.yaml data.path="$DATA" run_dir="runs/cache-quality-k0" \
+    train.fusion_cache_refresh=0 eval.max_users=0 | tail -1 > "runs/cache-quality-k0.json"
+fi
 $PY - "$TAG" "${EXTRA[*]}" <<'PYEOF'
 import json, sys
 tag = sys.argv[1]
