@@ -151,7 +151,7 @@ class MetaMMFRecommender(nn.Module):
             raise ValueError("forward_blocks: neighbor_history needs one sampled block and cached_fusion "
                              f"(got {0 if blocks is None else len(blocks)} blocks)")
         block = blocks[0]
-        n_user, n_item = block.num_dst_nodes("user"), block.num_dst_nodes("item")
+        n_item = block.num_dst_nodes("item")
         if input_item_feats.shape[0] != n_item or cached_fusion.shape[0] != input_items.shape[0] - n_item:
             raise ValueError(f"forward_blocks: {input_item_feats.shape[0]} seed feature rows and "
                              f"{cached_fusion.shape[0]} cached rows for {n_item} seed + "
