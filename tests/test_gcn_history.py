@@ -1,5 +1,5 @@
 """GCN layer histories (``train.gcn_history``, engine/gcn_history.py): the one-hop history pass equals the
-full-graph GCN when the histories are fresh; gradients stay inside the one-hop block; pushes and refreshes;
+full-graph GCN when the histories are fresh; gradients reach only the seeds' ID rows; pushes and refreshes;
 a 2-rank ZeRO-3 run resumed mid-epoch equals a straight run; the config guard.
 
 Runs in both lanes (torch graph backend for the in-process checks; the trainer runs use the lane's).
@@ -76,9 +76,7 @@ def test_history_pass_with_fresh_histories_equals_the_full_graph(setup, combine,
                                rtol=0, atol=1e-5)
 
 
-def test_gradients_reach_the_one_hop_block_only(setup):
-    """ID gradients reach the seeds and their sampled neighbours (the first aggregation), never a node outside
-    the one-hop block: the second hop is read from the histories, without gradient."""
+def test_gradients_reach_only_the_seeds_id_rows(setup):
     graph, feats = setup
     model = _model("mean")
     batches = make_batches("neighbor", graph, fanouts=[4], batch_size=48, num_negatives=1, seed=5, rank=0,
@@ -93,16 +91,13 @@ def test_gradients_reach_the_one_hop_block_only(setup):
     batch.neighbor_history = rows
     loss = BPRObjective(model)(batch)
     loss.backward()
-    for table, seeds, block_nodes in ((model.user_emb, batch.output_users, batch.input_users),
-                                      (model.item_emb, batch.output_items, batch.input_items)):
-        touched = set(torch.nonzero(table.weight.grad.abs().sum(1)).flatten().tolist())
-        assert touched <= set(block_nodes.tolist())  # nothing beyond the one sampled hop
-        assert len(touched & set(seeds.tolist())) >= 0.9 * seeds.numel()
-        assert touched - set(seeds.tolist())  # the neighbours' ID rows do get gradients
+    for table, seeds, n_nodes in ((model.user_emb, batch.output_users, N_USERS),
+                                  (model.item_emb, batch.output_items, N_ITEMS)):
+        touched = torch.nonzero(table.weight.grad.abs().sum(1)).flatten()
+        assert set(touched.tolist()) <= set(seeds.tolist())  # no neighbour row gets a gradient
+        assert touched.numel() >= 0.9 * seeds.numel()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.gcn.parameters() if p.dim() > 1)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fusion.parameters())
-    # the histories themselves are plain tensors: no gradient is kept for them
-    assert all(not r[nt].requires_grad for r in rows for nt in ("user", "item"))
 
 
 def test_push_writes_seed_rows_last_rank_wins_and_fusion_cache(setup):

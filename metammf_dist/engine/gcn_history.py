@@ -7,12 +7,12 @@ GNNAutoScale (Fey et al., ICML 2021) bounds it: every layer aggregates ONE sampl
 neighbours' inner-layer vectors come from history tables instead of from their own neighbourhoods.  Here:
 
 * tables ``H_l`` (l = 1 .. L-1) hold every user's and item's layer-l GCN vector (after the activation,
-  before dropout); layer 0 needs no table: a neighbour's layer-0 vector is its fusion-cache row ⊕ its live
-  ID row, as with the fusion cache alone;
+  before dropout); layer 0 needs no table: a neighbour's layer-0 vector is its fusion-cache row ⊕ its ID
+  row, both read without gradient;
 * a step samples the seeds' in-edges once (``fanouts[-1]``, seed edges excluded as usual); each layer
   aggregates those neighbours' previous-layer vectors; the seeds' own vectors are exact, with gradient
-  (``GCN.forward_history``).  Gradients reach the seeds (ID rows, fusion of the seed items), their sampled
-  neighbours' ID rows (through the first aggregation) and the GCN weights, never the second hop;
+  (``GCN.forward_history``).  Only the seeds' ID rows, the fusion of the seed items and the GCN weights
+  get gradients (so a step updates ~batch ID rows, not its neighbourhood's);
 * after the step the seeds' fresh vectors are pushed: layer-l rows into ``H_l``, the seed items' fusion
   output into the fusion cache (all ranks' pushes are all-gathered and applied in rank order, so the
   tables stay identical across ranks);
@@ -20,7 +20,8 @@ neighbours' inner-layer vectors come from history tables instead of from their o
   (``GCN.hidden_graph``, no dropout, no gradient) from the refreshed cache and the current ID tables.
 
 Per-step work is then ~ batch × fan-out, independent of the catalog size.  The cost: neighbours' inner-layer
-vectors are as stale as their last push or refresh, and nodes two hops away get no gradient from the step.
+vectors are as stale as their last push or refresh, and no gradient reaches a neighbour through the
+aggregation (only when it is a seed itself).
 Memory: ``(num_users + num_items) × D × (L - 1)`` float32 per rank (512 MB at 1M users + 1M items, D = 64,
 2 layers), plus one full-graph layer pass at a refresh.
 Saved with each checkpoint (``gcn_history.pt``), so a resumed run equals an uninterrupted one.

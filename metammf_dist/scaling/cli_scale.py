@@ -21,6 +21,8 @@ def add_arguments(parser) -> None:
                         "(default: the sweep's data_dir)")
     parser.add_argument("--resume", action="store_true", help="keep the points already in results.csv")
     parser.add_argument("--only", default=None, help="comma list of series names to run")
+    parser.add_argument("--replan", action="store_true",
+                        help="with --resume: re-plan the kept points with the current planner (no training)")
 
 
 def _read_rows(path: Path):
@@ -45,7 +47,7 @@ def _read_rows(path: Path):
 
 
 def run(args) -> int:
-    from metammf_dist.scaling.point import run_point
+    from metammf_dist.scaling.point import replan_row, run_point
     from metammf_dist.scaling.report import growth, markdown, plots, write_csv
     from metammf_dist.scaling.sweep import load_sweep
 
@@ -58,6 +60,11 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     only = {s.strip() for s in args.only.split(",")} if args.only else None
     rows = _read_rows(out / "results.csv") if args.resume else []
+    if args.replan:
+        by_name = {s.name: s for s in sweep.series}
+        rows = [replan_row(sweep, by_name[r["series"]], r) if r["series"] in by_name else r for r in rows]
+        if rows:
+            write_csv(rows, out / "results.csv")
     done = {(r["series"], r["items"]) for r in rows}
     command = "metammf-dist scale " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else \
         f"metammf-dist scale {args.sweep}"

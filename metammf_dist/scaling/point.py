@@ -126,18 +126,7 @@ def collect(run_dir: Path, cat: Catalog, series: Series, wall: float) -> Dict:
 
 def plan_point(sweep: Sweep, series: Series, overrides: List[str]) -> Dict:
     """``plan``'s peak per rank for the point (same config and catalog), next to the measured one."""
-    from metammf_dist.config import load_config
-    from metammf_dist.engine.deepspeed_engine import load_ds_config
-    from metammf_dist.engine.dist import DistInfo
-    from metammf_dist.planner import memory as mem
-
-    cfg = load_config(sweep.base_config, overrides)
-    ds_config = load_ds_config(cfg, DistInfo(rank=0, world_size=series.world_size))
-    workload = mem.Workload.from_dataset(cfg.data.path)
-    baseline = runtime_baseline()
-    plan = mem.plan_memory(cfg, workload, series.world_size, series.zero_stage, series.offload, "cpu",
-                           ds_config=ds_config, baseline_bytes=baseline)
-    return {"plan_peak_mb": plan.peak() / 2**20, "plan_baseline_mb": baseline / 2**20}
+    return _plan_with_baseline(sweep, series, overrides, runtime_baseline())
 
 
 @functools.lru_cache(maxsize=1)
@@ -146,3 +135,31 @@ def runtime_baseline() -> int:
     from metammf_dist.planner import memory as mem
 
     return mem.measure_runtime_baseline()
+
+
+def replan_row(sweep: Sweep, series: Series, row: Dict) -> Dict:
+    """A finished point's plan again, with the current planner and the runtime baseline it was planned with
+    (``scale --resume --replan``: check a planner change against measured peaks without training)."""
+    import yaml
+
+    data_path = yaml.safe_load(Path(row["run_dir"], "config.yaml").read_text())["data"]["path"]
+    overrides = point_overrides(sweep, series, data_path, row["run_dir"])
+    baseline = row.get("plan_baseline_mb")
+    if baseline:
+        planned = _plan_with_baseline(sweep, series, overrides, int(float(baseline) * 2**20))
+    else:
+        planned = plan_point(sweep, series, overrides)
+    return {**row, **planned, "plan_error": planned["plan_peak_mb"] / float(row["peak_rss_mb"]) - 1.0}
+
+
+def _plan_with_baseline(sweep: Sweep, series: Series, overrides: List[str], baseline: int) -> Dict:
+    from metammf_dist.config import load_config
+    from metammf_dist.engine.deepspeed_engine import load_ds_config
+    from metammf_dist.engine.dist import DistInfo
+    from metammf_dist.planner import memory as mem
+
+    cfg = load_config(sweep.base_config, overrides)
+    ds_config = load_ds_config(cfg, DistInfo(rank=0, world_size=series.world_size))
+    plan = mem.plan_memory(cfg, mem.Workload.from_dataset(cfg.data.path), series.world_size, series.zero_stage,
+                           series.offload, "cpu", ds_config=ds_config, baseline_bytes=baseline)
+    return {"plan_peak_mb": plan.peak() / 2**20, "plan_baseline_mb": baseline / 2**20}
