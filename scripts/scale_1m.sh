@@ -4,6 +4,7 @@
 # popularity on the same (fixed random) 20,000 test users; peak RSS from usage.json.  1,200 steps of
 # 3,000 examples (45 % of an epoch: a full one is ~50 min here).
 #   bash scripts/scale_1m.sh [OUT_DIR] [key=value ...]       (default runs/scale-1m; ~25 min on 2 cores)
+#   e.g. bash scripts/scale_1m.sh runs/scale-1m-history train.gcn_history=true   (layer histories; ~12 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/scale-1m}
