@@ -6,8 +6,6 @@ Runs in both lanes (torch graph backend for the in-process checks; the trainer r
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -21,7 +19,7 @@ from metammf_dist.sampler import build_train_graph, make_batches
 from metammf_dist.sampler.features import attach_features
 from metammf_dist.sampler.torch_neighbor import TorchNeighborSampler
 
-from test_train import close, last_json, train
+from test_train import close, straight_and_resumed
 
 N_USERS, N_ITEMS, FEAT = 90, 150, 10
 
@@ -136,15 +134,8 @@ def test_history_training_resumes_mid_epoch_like_a_straight_run(synth_ds, tmp_pa
     """2 ranks, ZeRO-3 (dense ID tables inside the engine: the ID modules run twice per forward), K = 3 steps;
     resumed at step 2 (module, optimizer, fusion cache and histories restored)."""
     opts = ["train.fusion_cache_refresh=3", "train.gcn_history=true"]
-    straight_run = tmp_path / "a"
-    straight = last_json(train(synth_ds, straight_run, *opts, nproc=2, stage=3, epochs=1))
+    straight, resumed, straight_run = straight_and_resumed(synth_ds, tmp_path, *opts)
     assert (straight_run / "checkpoints" / "epoch0001-step0000000" / "gcn_history.pt").exists()
-    run = tmp_path / "b"
-    train(synth_ds, run, *opts, "train.max_steps_per_epoch=3", "train.checkpoint_every_steps=2", nproc=2, stage=3,
-          epochs=1)
-    (run / "checkpoints" / "latest.json").write_text(json.dumps({"tag": "epoch0000-step0000002"}))
-    (run / "checkpoints" / "best.json").unlink()
-    resumed = last_json(train(synth_ds, run, *opts, "--resume", nproc=2, stage=3, epochs=1))
     assert close(straight, resumed, 1e-6), (straight, resumed)
     assert straight["recall@20"] > 0
 

@@ -87,19 +87,26 @@ def test_resume_continues_exactly(synth_ds, tmp_path):
 
 @pytest.mark.multiproc
 def test_resume_mid_epoch_two_ranks_zero3(synth_ds, tmp_path):
-    """Checkpoints every 3 steps; a second run resumed from a mid-epoch checkpoint ends like a straight run."""
-    straight = last_json(train(synth_ds, tmp_path / "a", nproc=2, stage=3, epochs=1))
-    run = tmp_path / "b"
-    first = train(synth_ds, run, "train.max_steps_per_epoch=3", "train.checkpoint_every_steps=2", nproc=2, stage=3,
-                  epochs=1)
+    """Checkpoints every 2 steps; a second run resumed from a mid-epoch checkpoint ends like a straight run."""
+    straight, resumed, _ = straight_and_resumed(synth_ds, tmp_path)
+    assert close(straight, resumed, 1e-6), (straight, resumed)
+
+
+def straight_and_resumed(ds, tmp_path, *opts, stage: int = 3):
+    """A 2-rank, 1-epoch run (in ``tmp_path/a``), and the same run stopped after step 3 with checkpoints every 2
+    steps, pointed back at step 2 as if it had died there, and resumed (``tmp_path/b``): (straight metrics,
+    resumed metrics, the straight run's folder)."""
+    straight_run, run = tmp_path / "a", tmp_path / "b"
+    straight = last_json(train(ds, straight_run, *opts, nproc=2, stage=stage, epochs=1))
+    first = train(ds, run, *opts, "train.max_steps_per_epoch=3", "train.checkpoint_every_steps=2", nproc=2,
+                  stage=stage, epochs=1)
     assert first.returncode == 0
-    # pretend the job died after step 2 of epoch 0: point latest at that checkpoint and resume
     tags = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
     assert "epoch0000-step0000002" in tags, tags
     (run / "checkpoints" / "latest.json").write_text(json.dumps({"tag": "epoch0000-step0000002"}))
     (run / "checkpoints" / "best.json").unlink()
-    resumed = last_json(train(synth_ds, run, "--resume", nproc=2, stage=3, epochs=1))
-    assert close(straight, resumed, 1e-6), (straight, resumed)
+    resumed = last_json(train(ds, run, *opts, "--resume", nproc=2, stage=stage, epochs=1))
+    return straight, resumed, straight_run
 
 
 def test_evaluate_rejects_a_mismatched_dataset(synth_ds, tmp_path):
