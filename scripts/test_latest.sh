@@ -23,6 +23,7 @@ LATEST_TESTS=(
   tests/test_fusion_cache.py
   tests/test_sparse_ids.py
   tests/test_scaling.py
+  tests/test_gcn_history.py
 )
 rc=0
 .venv-latest/bin/python -m pytest -q -m "not slow" "${LATEST_TESTS[@]}" "$@" || rc=$?
