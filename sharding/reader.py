@@ -92,7 +92,9 @@ class FeatureStore:
         self._aligned = m.shard_size % m.row_group_size == 0  # then gid = id // row_group_size
         self._gid_space = m.num_shards * self._groups_per_shard
         self._num_groups = sum(-(-s.num_rows // self._rgs) for s in m.shards)
-        self._widths = np.array([d * np.dtype(self.dtype).itemsize for d in self.modalities.values()], dtype=np.int64)
+        self._binary = m.encoding == "binary"
+        self._le_dtype = np.dtype(self.dtype).newbyteorder("<")  # binary columns: little-endian values
+        self._widths = np.array([d * self._le_dtype.itemsize for d in self.modalities.values()], dtype=np.int64)
 
     def _reset_runtime(self, fs=None, root=None) -> None:
         """(Re)create everything that must not cross a pickle or a fork: fs, handles, cache, lock."""
@@ -108,7 +110,7 @@ class FeatureStore:
         self._scratch: tuple[int, np.ndarray] | None = None  # iter_range's last decoded group
         # direct row reads: per (global group, modality) the file offset of the group's row 0 (-1: not mapped)
         wanted = self.direct_reads if self.direct_reads is not None else self._cache.capacity < self._num_groups
-        self._direct_ok = bool(wanted and self.manifest.encoding == "binary" and fsio.is_local(fs))
+        self._direct_ok = bool(wanted and self._binary and fsio.is_local(fs))
         self._direct_why = "" if self._direct_ok else (
             ("off" if self.direct_reads is False else "the cache holds the whole store") if not wanted
             else f"encoding {self.manifest.encoding!r}" if fsio.is_local(fs) else "not a local store")
@@ -265,7 +267,7 @@ class FeatureStore:
                     return None  # layout does not allow it: row-group reads from now on
             fds = [self._fds.get(s, -1) for s in range(self.manifest.num_shards)]
         offsets = self._row_start[gid] + row[:, None] * self._widths[None, :]
-        out = np.empty((len(ids), self.dim), dtype=np.dtype(self.dtype).newbyteorder("<"))
+        out = np.empty((len(ids), self.dim), dtype=self._le_dtype)
         with fsio.store_errors(self.url, "read feature rows"):
             pread_rows(shards, offsets, self._widths, out, fds)
         return out
@@ -440,8 +442,6 @@ class FeatureStore:
             except (OSError, pa.ArrowException) as e:
                 raise ShardIntegrityError(f"{where}: row group {g} is unreadable ({type(e).__name__}: {e})") from None
             items = table.column(ITEM_COLUMN)
-            binary = self.manifest.encoding == "binary"
-            le_dtype = np.dtype(self.dtype).newbyteorder("<")
             if table.num_rows != n or items[0].as_py() != first or items[n - 1].as_py() != first + n - 1:
                 raise ShardIntegrityError(f"{where}: row group {g} does not hold items [{first}, {first + n}) "
                                           "as the manifest says")
@@ -450,9 +450,9 @@ class FeatureStore:
                 for chunk in table.column(name).chunks:
                     if chunk.null_count:
                         raise ShardIntegrityError(f"{where}: modality {name!r} has nulls in row group {g}")
-                    if binary:  # one fixed-width little-endian vector per row: a view of the data buffer
-                        values = np.frombuffer(chunk.buffers()[1], dtype=le_dtype, count=len(chunk) * d,
-                                               offset=chunk.offset * d * le_dtype.itemsize)
+                    if self._binary:  # one fixed-width little-endian vector per row: a view of the data buffer
+                        values = np.frombuffer(chunk.buffers()[1], dtype=self._le_dtype, count=len(chunk) * d,
+                                               offset=chunk.offset * d * self._le_dtype.itemsize)
                     else:
                         values = chunk.flatten().to_numpy(zero_copy_only=False)
                     dest[row:row + len(chunk), off:off + d] = values.reshape(-1, d)
@@ -528,11 +528,9 @@ class FeatureStore:
         if schema.field(ITEM_COLUMN).type != pa.int64():
             raise ShardIntegrityError(f"{where}: column 'item' is {schema.field(ITEM_COLUMN).type}, expected int64")
         value_type = _ARROW_TYPES[self.dtype]
-        binary = self.manifest.encoding == "binary"
-        for name, d in self.modalities.items():
+        for (name, d), width in zip(self.modalities.items(), self._widths.tolist()):
             t = schema.field(name).type
-            if binary:
-                width = d * np.dtype(self.dtype).itemsize
+            if self._binary:
                 if not pa.types.is_fixed_size_binary(t) or t.byte_width != width:
                     raise ShardIntegrityError(f"{where}: modality {name!r} has type {t}; the manifest says "
                                               f"fixed_size_binary[{width}] ({d} x {self.dtype}, encoding 'binary')")

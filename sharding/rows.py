@@ -84,19 +84,19 @@ def chunk_values_start(fd: int, column, num_rows: int, width: int) -> Tuple[Opti
     return column.data_page_offset + header, ""
 
 
-def pread_rows(fds: np.ndarray, offsets: np.ndarray, widths: np.ndarray, out: np.ndarray, fd_list) -> None:
-    """Fill ``out`` (C-contiguous ``[n, row_bytes]`` view as bytes) by reading, for row k and part m,
-    ``widths[m]`` bytes at file offset ``offsets[k, m]`` of file ``fd_list[fds[k]]``; parts are laid side
-    by side in ``out``'s row."""
+def pread_rows(shards: np.ndarray, offsets: np.ndarray, widths: np.ndarray, out: np.ndarray, fds) -> None:
+    """Fill the C-contiguous ``out`` (``[n, ...]``, ``sum(widths)`` bytes per row) by reading, for row k and
+    part m, ``widths[m]`` bytes at file offset ``offsets[k, m]`` of file ``fds[shards[k]]``; parts are laid
+    side by side in ``out``'s row."""
     raw = memoryview(out).cast("B")
-    row_bytes = out.shape[1] * out.itemsize if out.ndim == 2 else int(widths.sum())
+    row_bytes = int(widths.sum())
     starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).tolist()
     widths_l = widths.tolist()
     offsets_l = offsets.tolist()
-    fds_l = fds.tolist()
+    shards_l = shards.tolist()
     preadv = os.preadv
-    for k, (fd_index, row_offsets) in enumerate(zip(fds_l, offsets_l)):
-        fd = fd_list[fd_index]
+    for k, (shard, row_offsets) in enumerate(zip(shards_l, offsets_l)):
+        fd = fds[shard]
         base = k * row_bytes
         for start, width, offset in zip(starts, widths_l, row_offsets):
             if preadv(fd, [raw[base + start:base + start + width]], offset) != width:

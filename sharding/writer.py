@@ -4,8 +4,8 @@
 ``shard_size`` items each (the last one shorter).  Each shard has an int64 ``item`` column plus one column
 per modality — ``encoding="binary"`` (default): FIXED_LEN_BYTE_ARRAY of ``dim x dtype`` little-endian bytes
 per row; ``"list"``: ``FixedSizeList<float16|float32>[dim]`` (see ``manifest``) — in row groups of
-``row_group_size`` rows so the reader can fetch single groups.  At most one row group per modality is buffered between ``append`` calls,
-so catalogs larger than RAM stream straight to storage.  Shards are hashed (sha256) while they stream out.
+``row_group_size`` rows so the reader can fetch single groups.  At most one row group per modality is
+buffered between ``append`` calls, so catalogs larger than RAM stream straight to storage.  Shards are hashed (sha256) while they stream out.
 
 ``manifest.json`` is written LAST by ``close()`` (local: temp name then rename; object store: one PUT).  If
 the ``with`` block raises, the partial shards are removed and no manifest exists, so nothing looks complete.
@@ -64,12 +64,12 @@ class ShardWriter:
         self._np_le = np.dtype(dtype).newbyteorder("<")
         self._widest = max(self.modalities.values()) * self._np_le.itemsize
         if encoding == "binary":
-            self._list_types = {name: pa.binary(dim * self._np_le.itemsize) for name, dim in self.modalities.items()}
+            self._column_types = {name: pa.binary(dim * self._np_le.itemsize) for name, dim in self.modalities.items()}
         else:
-            self._list_types = {name: pa.list_(pa.field("element", _ARROW_TYPES[dtype], nullable=False), dim)
+            self._column_types = {name: pa.list_(pa.field("element", _ARROW_TYPES[dtype], nullable=False), dim)
                                 for name, dim in self.modalities.items()}
         self._schema = pa.schema([pa.field(ITEM_COLUMN, pa.int64(), nullable=False)] + [
-            pa.field(name, t, nullable=False) for name, t in self._list_types.items()])
+            pa.field(name, t, nullable=False) for name, t in self._column_types.items()])
         self._fs, self._root = fsio.resolve(url, storage_options)
         self._local = fsio.is_local(self._fs)
         self._accepted = 0  # rows accepted by append (next item id)
@@ -189,12 +189,12 @@ class ShardWriter:
         cur = self._current
         n = next(iter(arrays.values())).shape[0]
         columns = [pa.array(np.arange(cur.start + cur.rows, cur.start + cur.rows + n, dtype=np.int64))]
-        for name, list_type in self._list_types.items():
+        for name, column_type in self._column_types.items():
             if self.encoding == "binary":
                 raw = np.ascontiguousarray(arrays[name], dtype=self._np_le)
-                columns.append(pa.FixedSizeBinaryArray.from_buffers(list_type, n, [None, pa.py_buffer(raw)]))
+                columns.append(pa.FixedSizeBinaryArray.from_buffers(column_type, n, [None, pa.py_buffer(raw)]))
             else:
-                columns.append(pa.FixedSizeListArray.from_arrays(pa.array(arrays[name].reshape(-1)), type=list_type))
+                columns.append(pa.FixedSizeListArray.from_arrays(pa.array(arrays[name].reshape(-1)), type=column_type))
         cur.writer.write_table(pa.Table.from_arrays(columns, schema=self._schema))
         cur.rows += n
         if cur.rows == self.shard_size:

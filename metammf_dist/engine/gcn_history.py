@@ -42,13 +42,13 @@ NODE_TYPES = ("user", "item")
 
 
 class GCNHistory:
-    def __init__(self, num_users: int, num_items: int, dim: int, num_layers: int, *, rank: int = 0,
-                 world_size: int = 1, distributed: bool = False, device: torch.device = torch.device("cpu")):
+    def __init__(self, num_users: int, num_items: int, dim: int, num_layers: int, *, world_size: int = 1,
+                 distributed: bool = False, device: torch.device = torch.device("cpu")):
         if num_layers < 2:
             raise ValueError(f"GCNHistory needs a GCN of at least 2 layers, got {num_layers}")
         self.num_nodes = {"user": int(num_users), "item": int(num_items)}
         self.dim, self.num_tables = int(dim), int(num_layers) - 1
-        self.rank, self.world_size, self.distributed, self.device = int(rank), int(world_size), bool(distributed), device
+        self.world_size, self.distributed, self.device = int(world_size), bool(distributed), device
         self.tables: List[Dict[str, torch.Tensor]] = []
         self.refreshed_at = -1
 

@@ -109,8 +109,8 @@ class Trainer:
         self.gcn_history: Optional[GCNHistory] = None
         if cfg.train.gcn_history:
             self.gcn_history = GCNHistory(self.ds.num_users, self.ds.num_items, cfg.model.user_id_dim,
-                                      cfg.model.gcn_layers, rank=self.info.rank, world_size=self.info.world_size,
-                                      distributed=self.info.distributed, device=self.info.device)
+                                          cfg.model.gcn_layers, world_size=self.info.world_size,
+                                          distributed=self.info.distributed, device=self.info.device)
 
     # -- public -----------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:

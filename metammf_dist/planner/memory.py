@@ -512,6 +512,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     # its activations are freed.  So "backward" holds the activations + the ID-table gradients, and the
     # "optimizer" phase (the batch is still referenced) holds all gradients + the optimizer's scratch.
     sparse_ids = t.id_tables == "sparse"  # ID tables outside the engine: replicated, lazy row-wise Adam
+    cached = t.fusion_cache_refresh > 0 and gcn and not full  # seed items fused, neighbours from the cache
+    history = t.gcn_history and cached  # + one sampled hop, neighbours' inner layers from history tables
     layout = _param_layout(cfg, workload, with_ids=not sparse_ids)
     p, p_big, p_small, p_id = layout["total"], layout["total"] - layout["small"], layout["small"], layout["id"]
     id_tables = [FLOAT * workload.num_users * m.user_id_dim, FLOAT * workload.num_items * m.item_id_dim]
@@ -556,7 +558,7 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     if sparse_ids:
         add("ID tables + lazy Adam (m, v)", 3 * FLOAT * sum(id_tables) / FLOAT, "persistent", dev,
             "outside ZeRO, replicated", tensors=id_tables * 3)
-        if t.gcn_history:  # only the seeds' rows get gradients
+        if history:  # only the seeds' rows get gradients
             rows = FLOAT * (blocks.output_users * m.user_id_dim + blocks.output_items * m.item_id_dim)
         else:
             rows = FLOAT * (blocks.input_users * m.user_id_dim + blocks.input_items * m.item_id_dim)
@@ -565,7 +567,6 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     # ---- one training step -----------------------------------------------------------------------------
     items_in, users_in = blocks.input_items, blocks.input_users
     fusion = _fusion_floats_per_item(cfg, workload.feat_dim)
-    cached = t.fusion_cache_refresh > 0 and gcn and not full
     # with the fusion cache only the seed items (the last block's dst items) are fused and read features
     fused = blocks.output_items if cached else items_in
     if cached:
@@ -576,7 +577,6 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         chunk = min(float(cfg.eval.item_chunk), float(workload.num_items))
         add("fusion cache refresh (one chunk, no grad)", FLOAT * chunk * (fusion["saved"] + fusion["largest"])
             + FLOAT * workload.num_items * fdim, "refresh", dev, "chunked fusion + the all-reduced copy")
-    history = t.gcn_history and cached
     if history:
         d, hist_layers = float(m.user_id_dim), float(m.gcn_layers - 1)
         neighbours = users_in + items_in - blocks.output_users - blocks.output_items
