@@ -26,6 +26,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("data_path")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--sort", default="cumulative", help="pstats sort key (cumulative, tottime)")
+    parser.add_argument("--top", type=int, default=30)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     cfg = load_config("configs/scale/base.yaml", [f"data.path={args.data_path}", "run_dir=/tmp/profile_step",
@@ -46,7 +48,7 @@ def main() -> None:
         trainer.state.global_step += 1
     profile.disable()
     print(f"{args.steps} steps: {time.perf_counter() - started:.2f} s; last batch {batch.stats()}")
-    pstats.Stats(profile).sort_stats("cumulative").print_stats(30)
+    pstats.Stats(profile).sort_stats(args.sort).print_stats(args.top)
 
     tables = [torch.nn.Parameter(torch.randn(trainer.ds.num_users, cfg.model.user_id_dim)),
               torch.nn.Parameter(torch.randn(trainer.ds.num_items, cfg.model.item_id_dim))]

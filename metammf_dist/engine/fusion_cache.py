@@ -75,7 +75,7 @@ class FusionCache:
         """Cached fusion rows of ``item_ids`` (``[n, dim]``, no gradient)."""
         if self.fused is None:
             raise RuntimeError("FusionCache.lookup before the first refresh")
-        return self.fused[item_ids.to(self.fused.device)]
+        return self.fused.index_select(0, item_ids.to(self.fused.device))
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict:

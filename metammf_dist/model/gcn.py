@@ -106,6 +106,38 @@ def _torch_layer(layer: nn.Module, graph, h: Dict[str, torch.Tensor]) -> Dict[st
     return out
 
 
+def _block_edges(block, etype: str):
+    """(src, dst) local indices of ``etype`` in a torch ``Block`` or a DGL block."""
+    return block.edges(etype) if _is_torch_graph(block) else block.edges(etype=etype)
+
+
+def _split_edges(block, etype: str, n_seed_src: int, n_dst: int):
+    """``etype``'s edges split by source: (seed src, dst), (neighbour src offset past the seeds, dst), and
+    the dst in-degree over all of them (clamped to 1, as ``sage_mean``)."""
+    src, dst = _block_edges(block, etype)
+    from_seed = src < n_seed_src
+    degree = torch.bincount(dst, minlength=n_dst).clamp_(min=1)
+    return (src[from_seed], dst[from_seed]), (src[~from_seed] - n_seed_src, dst[~from_seed]), degree
+
+
+def _index_sum(total: torch.Tensor, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    for lo in range(0, src.numel(), EDGE_CHUNK):
+        total = total.index_add(0, dst[lo:lo + EDGE_CHUNK], x.index_select(0, src[lo:lo + EDGE_CHUNK]))
+    return total
+
+
+def _sage_mean_split(conv: nn.Module, x_seed: torch.Tensor, x_rest: torch.Tensor, x_dst: torch.Tensor,
+                     split) -> torch.Tensor:
+    """``sage_mean`` over a block whose src rows are ``x_seed`` (with gradient) then ``x_rest`` (constant):
+    the neighbours' message sum is taken without autograd.  Square layers only (the GCN's are), so the
+    neighbour projection runs after aggregation."""
+    (seed_src, seed_dst), (rest_src, rest_dst), degree = split
+    with torch.no_grad():
+        total = _index_sum(x_rest.new_zeros(x_dst.shape[0], x_rest.shape[1]), x_rest, rest_src, rest_dst)
+    total = _index_sum(total, x_seed, seed_src, seed_dst)
+    return conv.fc_self(x_dst) + conv.fc_neigh(total / degree.to(total.dtype).unsqueeze(1))
+
+
 def _layer_dropouts(dropout: Sequence[float], num_layers: int) -> List[float]:
     """One rate per layer; a shorter list repeats its last rate, an empty one means no dropout."""
     rates = [float(p) for p in dropout] or [0.0]
@@ -158,39 +190,54 @@ class GCN(nn.Module):
         graph or a ``BipartiteGraph``)."""
         return self._propagate([g] * self.num_layers, feats)
 
-    def forward_history(self, block, feats: Dict[str, torch.Tensor],
+    def forward_history(self, block, seeds: Dict[str, torch.Tensor], rest: Dict[str, torch.Tensor],
                         history: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
         """Historical-embedding pass (GNNAutoScale; ``train.gcn_history``): ONE sampled hop for all layers.
 
         ``block``: the seeds' sampled in-edges (its dst nodes are the seeds, a prefix of its src nodes);
-        ``feats``: layer-0 vectors of its src nodes; ``history[l - 1]``: layer-l vectors of the NON-dst src
-        nodes (rows ``num_dst_nodes:`` of each type) for l = 1 .. L-1, read from the history tables.
-        Layer l aggregates the same sampled neighbours: their layer-(l-1) vectors come from ``feats`` (l = 1)
-        or from ``history``; the seeds' own vectors are computed exactly, with gradient.  Returns the dst
-        nodes' output (combined like ``forward``) and leaves their fresh layer-0..L-1 vectors, detached,
-        in ``self.fresh_hidden`` (a list of per-type dicts) for the caller to push into the histories.
+        ``seeds``: layer-0 vectors of the dst nodes (with gradient); ``rest``: layer-0 vectors of the other
+        src nodes (the neighbours; read without gradient); ``history[l - 1]``: the neighbours' layer-l vectors,
+        read from the history tables, for l = 1 .. L-1.  Layer l aggregates the same sampled neighbours.
+
+        The neighbours carry no gradient, so each layer sums their messages once without autograd and only
+        the seed-to-seed messages stay on the tape: backward work follows the seeds, not the (catalog-
+        dependent) number of neighbours.  Same values as GraphSAGE-mean over the whole block, dropout
+        included (one mask per node).  Returns the dst nodes' output (combined like ``forward``) and leaves
+        their fresh layer-0..L-1 vectors, detached, in ``self.fresh_hidden`` for the caller to push.
         """
         if len(history) != self.num_layers - 1:
             raise ValueError(f"forward_history: {len(history)} history layers for a {self.num_layers}-layer GCN "
                              f"(needs {self.num_layers - 1})")
         n_out = {ntype: block.num_dst_nodes(ntype) for ntype in NODE_TYPES}
-        h = {ntype: feats[ntype] for ntype in NODE_TYPES}
-        outputs = [{ntype: h[ntype][: n_out[ntype]] for ntype in NODE_TYPES}]
+        for ntype in NODE_TYPES:
+            if seeds[ntype].shape[0] != n_out[ntype] or rest[ntype].shape[0] != block.num_src_nodes(ntype) - n_out[ntype]:
+                raise ValueError(f"forward_history: {seeds[ntype].shape[0]} seed + {rest[ntype].shape[0]} neighbour "
+                                 f"{ntype} rows for a block with {n_out[ntype]} dst of "
+                                 f"{block.num_src_nodes(ntype)} src nodes")
+        edges = {etype: _split_edges(block, etype, n_out[stype], n_out[dtype]) for stype, etype, dtype in EDGE_TYPES}
+        h, outputs = dict(seeds), [dict(seeds)]
+        rest = {ntype: x.detach() for ntype, x in rest.items()}
         last = self.num_layers - 1
         for index, layer in enumerate(self.layers):
-            h = {ntype: self.dropouts[index](x) for ntype, x in h.items()}
-            y = self._layer(layer, block, h)
+            drop = self.dropouts[index]
+            h = {ntype: drop(x) for ntype, x in h.items()}
+            with torch.no_grad():
+                rest = {ntype: drop(x) for ntype, x in rest.items()}
+            y: Dict[str, torch.Tensor] = {}
+            for stype, etype, dtype in EDGE_TYPES:
+                out = _sage_mean_split(layer.mods[etype], h[stype], rest[stype], h[dtype], edges[etype])
+                y[dtype] = y[dtype] + out if dtype in y else out
             if index < last:
                 y = {ntype: self.activation(x) for ntype, x in y.items()}
             outputs.append(y)
             if index < last:
                 rows = history[index]
                 for ntype in NODE_TYPES:
-                    expected = block.num_src_nodes(ntype) - n_out[ntype]
-                    if rows[ntype].shape[0] != expected:
+                    if rows[ntype].shape[0] != rest[ntype].shape[0]:
                         raise ValueError(f"forward_history: layer {index + 1} history has {rows[ntype].shape[0]} "
-                                         f"{ntype} rows for {expected} neighbour nodes")
-                h = {ntype: torch.cat([y[ntype], rows[ntype].to(y[ntype].dtype)]) for ntype in NODE_TYPES}
+                                         f"{ntype} rows for {rest[ntype].shape[0]} neighbour nodes")
+                h = y
+                rest = {ntype: rows[ntype].to(y[ntype].dtype) for ntype in NODE_TYPES}
         self.fresh_hidden = [{ntype: step[ntype].detach() for ntype in NODE_TYPES} for step in outputs[:-1]]
         return self._combine(outputs)
 

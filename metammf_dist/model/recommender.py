@@ -166,8 +166,8 @@ class MetaMMFRecommender(nn.Module):
             rest_users = self.user_vectors(input_users[n_user:])
             rest_ids = self.item_emb(input_items[n_item:].to(self.item_emb.weight.device))
             rest_items = torch.cat([cached_fusion.to(device=rest_ids.device, dtype=rest_ids.dtype), rest_ids], dim=1)
-        feats = {"user": torch.cat([users, rest_users]), "item": torch.cat([items, rest_items])}
-        return self.gcn.forward_history(block, feats, history)
+        return self.gcn.forward_history(block, {"user": users, "item": items},
+                                        {"user": rest_users, "item": rest_items}, history)
 
     def forward_graph(self, g, item_feats_all: torch.Tensor, chunk_size: int = 8192) -> Dict[str, torch.Tensor]:
         """Full-graph pass: ``{"user": [num_users, D], "item": [num_items, D]}``.

@@ -23,6 +23,7 @@ streams, so CPU and CUDA draw different — equally distributed — samples.)
 """
 from __future__ import annotations
 
+import threading
 from typing import List, Sequence, Tuple
 
 import torch
@@ -30,6 +31,26 @@ import torch
 from metammf_dist.sampler.torch_graph import Adjacency, BipartiteGraph, Block
 
 __all__ = ["TorchNeighborSampler"]
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, size: int, dtype: torch.dtype, fill, device) -> torch.Tensor:
+    """A per-thread graph-sized buffer holding ``fill`` everywhere between uses.
+
+    The sampler marks a batch's nodes/edges in such buffers and RESETS exactly those entries before it
+    returns, so a step costs O(batch), not O(graph): allocating and clearing 1M-node / 10M-edge buffers
+    every step was most of the sampling time at 1M items.  Per thread, because loader threads sample
+    concurrently."""
+    buffers = getattr(_SCRATCH, "buffers", None)
+    if buffers is None:
+        buffers = _SCRATCH.buffers = {}
+    key = (name, int(size), dtype, str(device))
+    buf = buffers.get(key)
+    if buf is None:
+        buf = buffers[key] = torch.full((int(size),), fill, dtype=dtype, device=device)
+    return buf
 
 
 def floyd_sample(n: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -81,9 +102,10 @@ def sample_in_edges(adj: Adjacency, rows: torch.Tensor, fanout: int, excluded: t
     n = rows.numel()
     start = adj.indptr.index_select(0, rows)
     degree = adj.indptr.index_select(0, rows + 1) - start
-    local = torch.full((adj.num_dst,), -1, dtype=torch.int64, device=device)
+    local = _scratch("local", adj.num_dst, torch.int64, -1, device)
     local.index_copy_(0, rows, torch.arange(n, device=device))
     ex_row = local.index_select(0, adj.dst.index_select(0, excluded))
+    local.index_fill_(0, rows, -1)
     hit = torch.nonzero(ex_row >= 0).squeeze(1)
     ex_row, ex_eid = ex_row.index_select(0, hit), excluded.index_select(0, hit)
     usable = degree - torch.bincount(ex_row, minlength=n)
@@ -125,14 +147,17 @@ def sample_in_edges(adj: Adjacency, rows: torch.Tensor, fanout: int, excluded: t
 def relabel(dst_nodes: torch.Tensor, reached: torch.Tensor, num_nodes: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """(src nodes = dst nodes then new reached nodes ascending, local index of each ``reached`` node)."""
     device = dst_nodes.device
-    seen = torch.zeros(num_nodes, dtype=torch.bool, device=device)
+    seen = _scratch("seen", num_nodes, torch.bool, False, device)
     seen.index_fill_(0, reached, True)
     seen.index_fill_(0, dst_nodes, False)
     new = torch.nonzero(seen).squeeze(1)
+    seen.index_fill_(0, new, False)
     src_nodes = torch.cat([dst_nodes, new])
-    lookup = torch.empty(num_nodes, dtype=torch.int64, device=device)
+    lookup = _scratch("lookup", num_nodes, torch.int64, -1, device)
     lookup.index_copy_(0, src_nodes, torch.arange(src_nodes.numel(), device=device))
-    return src_nodes, lookup.index_select(0, reached)
+    local = lookup.index_select(0, reached)
+    lookup.index_fill_(0, src_nodes, -1)
+    return src_nodes, local
 
 
 class TorchNeighborSampler:
@@ -157,14 +182,20 @@ class TorchNeighborSampler:
         """Output nodes -> (input users, input items, blocks), excluding ``seed_eids`` in both directions."""
         device = self.graph.device
         excluded = torch.unique(seed_eids.to(device=device, dtype=torch.int64))
-        is_excluded = torch.zeros(self.num_edges, dtype=torch.bool, device=device).index_fill_(0, excluded, True)
+        is_excluded = _scratch("is_excluded", self.num_edges, torch.bool, False, device).index_fill_(0, excluded, True)
         users = output_users.to(device=device, dtype=torch.int64)
         items = output_items.to(device=device, dtype=torch.int64)
         blocks: List[Block] = []
-        for fanout in reversed(self.fanouts):
-            block = self._layer(users, items, fanout, excluded, is_excluded, gen)
-            blocks.insert(0, block)
-            users, items = block.src_nids["user"], block.src_nids["item"]
+        try:
+            for fanout in reversed(self.fanouts):
+                block = self._layer(users, items, fanout, excluded, is_excluded, gen)
+                blocks.insert(0, block)
+                users, items = block.src_nids["user"], block.src_nids["item"]
+        except BaseException:
+            _SCRATCH.buffers = {}  # a failure between marking and resetting: start from clean buffers
+            raise
+        finally:
+            is_excluded.index_fill_(0, excluded, False)
         return users, items, blocks
 
     def _layer(self, dst_users: torch.Tensor, dst_items: torch.Tensor, fanout: int, excluded: torch.Tensor,
