@@ -492,6 +492,9 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
             blocks = edge_blocks(workload, batch_per_rank, t.num_negatives)
     if gcn and not full:
         add("neighbour sampler (CSC by dst)", SAMPLER_BYTES_PER_EDGE * e_tr + 2 * INDEX * nodes, "persistent")
+        # graph-sized marks kept per sampling thread and reset after each use (sampler/torch_neighbor.py)
+        add("sampler scratch", e_tr + (2 * INDEX + 1) * nodes, "persistent",
+            note="excluded-edge mask, node lookups (per loader thread)")
     if gcn and full:
         add("full-graph blocks", FULL_BLOCK_BYTES_PER_EDGE * e_tr * len(t.fanouts), "persistent",
             note=f"{len(t.fanouts)} x to_block(all nodes)")
@@ -604,7 +607,6 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
             arrays = [block_bytes / 12] * 12  # ids, eids and formats of each block, per edge type
             add("sampled blocks", block_bytes, "backward", note=f"{blocks.edges:,.0f} edges", tensors=arrays)
             add("sampled blocks", block_bytes, "optimizer", tensors=arrays)
-            add("sampler scratch", e_tr + INDEX * nodes, "backward", note="excluded-edge mask, lookups")
     add("transient of the largest activation", GRAD_BACKWARD_EXTRA * largest, "backward", dev,
         "its gradient / the next layer's scratch")
 

@@ -30,6 +30,7 @@ construction; a hub's full adjacency is never scanned.
 """
 from __future__ import annotations
 
+import threading
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -44,6 +45,20 @@ from metammf_dist.sampler.torch_neighbor import TorchNeighborSampler
 __all__ = ["MiniBatch", "NeighborBatches", "UniformNeighborSampler"]
 
 _NO_POSITION = np.iinfo(np.int64).max
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, size: int, dtype, fill) -> np.ndarray:
+    """A per-thread graph-sized array holding ``fill`` between uses: callers reset the entries they set, so
+    a step costs O(batch), not O(graph) (as ``torch_neighbor._scratch``)."""
+    buffers = getattr(_SCRATCH, "buffers", None)
+    if buffers is None:
+        buffers = _SCRATCH.buffers = {}
+    key = (name, int(size), np.dtype(dtype).str)
+    buf = buffers.get(key)
+    if buf is None:
+        buf = buffers[key] = np.full(int(size), fill, dtype=dtype)
+    return buf
 
 
 def _floyd_sample(n: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -87,9 +102,10 @@ class _InEdges:
         """
         start = self.indptr[rows]
         degree = self.indptr[rows + 1] - start
-        local = np.full(self.num_dst, -1, dtype=np.int64)
+        local = _scratch("local", self.num_dst, np.int64, -1)
         local[rows] = np.arange(rows.size, dtype=np.int64)
         ex_row = local[self.dst[excluded]]
+        local[rows] = -1
         hit = ex_row >= 0
         ex_row, ex_pos = ex_row[hit], self.position[excluded[hit]]
         usable = degree - np.bincount(ex_row, minlength=rows.size)
@@ -149,9 +165,11 @@ def _extend(dst_nodes: np.ndarray, reached: np.ndarray) -> np.ndarray:
 
 
 def _local_ids(nodes: np.ndarray, ids: np.ndarray, num_nodes: int) -> np.ndarray:
-    lookup = np.full(num_nodes, -1, dtype=np.int64)
+    lookup = _scratch("lookup", num_nodes, np.int64, -1)
     lookup[nodes] = np.arange(nodes.size, dtype=np.int64)
-    return lookup[ids]
+    out = lookup[ids]
+    lookup[nodes] = -1
+    return out
 
 
 class UniformNeighborSampler:
@@ -178,13 +196,19 @@ class UniformNeighborSampler:
                       rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor, List]:
         """Output nodes -> (input users, input items, blocks), excluding ``seed_eids`` in both directions."""
         excluded = np.unique(seed_eids.numpy())
-        is_excluded = np.zeros(self.num_edges, dtype=bool)
+        is_excluded = _scratch("is_excluded", self.num_edges, bool, False)
         is_excluded[excluded] = True
         users, items = output_users.numpy(), output_items.numpy()
         blocks = []
-        for fanout in reversed(self.fanouts):
-            block, users, items = self._layer(users, items, fanout, excluded, is_excluded, rng)
-            blocks.insert(0, block)
+        try:
+            for fanout in reversed(self.fanouts):
+                block, users, items = self._layer(users, items, fanout, excluded, is_excluded, rng)
+                blocks.insert(0, block)
+        except BaseException:
+            _SCRATCH.buffers = {}  # a failure between marking and resetting: start from clean arrays
+            raise
+        finally:
+            is_excluded[excluded] = False
         return torch.from_numpy(users), torch.from_numpy(items), blocks
 
     def _layer(self, dst_users: np.ndarray, dst_items: np.ndarray, fanout: int, excluded: np.ndarray,
