@@ -127,7 +127,7 @@ def test_split_aggregation_matches_the_whole_block_tape(setup, layers):
     results = []
     for run in (model.gcn.forward_history, lambda *a: _whole_block_history_pass(model.gcn, *a)):
         model.zero_grad()
-        seeds = {"user": full["user"][users].clone().requires_grad_(), "item": full["item"][items].clone().requires_grad_()}
+        seeds = {t: full[t][ids].clone().requires_grad_() for t, ids in (("user", users), ("item", items))}
         rest = {"user": full["user"][in_users[users.numel():]], "item": full["item"][in_items[items.numel():]]}
         out = run(blocks[0], seeds, rest, rows)
         ((out["user"] ** 2).sum() + out["item"].sum()).backward()

@@ -100,7 +100,8 @@ class GCNHistory:
                 table[nt].index_copy_(0, node_ids, values[:, layer * self.dim:(layer + 1) * self.dim])
             if nt == "item" and fusion_dim:
                 target = fusion_cache.fused
-                target.index_copy_(0, node_ids.to(target.device), values[:, -fusion_dim:].to(target.device, target.dtype))
+                target.index_copy_(0, node_ids.to(target.device),
+                                   values[:, -fusion_dim:].to(target.device, target.dtype))
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, path: Path) -> None:

@@ -210,7 +210,8 @@ class GCN(nn.Module):
                              f"(needs {self.num_layers - 1})")
         n_out = {ntype: block.num_dst_nodes(ntype) for ntype in NODE_TYPES}
         for ntype in NODE_TYPES:
-            if seeds[ntype].shape[0] != n_out[ntype] or rest[ntype].shape[0] != block.num_src_nodes(ntype) - n_out[ntype]:
+            n_rest = block.num_src_nodes(ntype) - n_out[ntype]
+            if seeds[ntype].shape[0] != n_out[ntype] or rest[ntype].shape[0] != n_rest:
                 raise ValueError(f"forward_history: {seeds[ntype].shape[0]} seed + {rest[ntype].shape[0]} neighbour "
                                  f"{ntype} rows for a block with {n_out[ntype]} dst of "
                                  f"{block.num_src_nodes(ntype)} src nodes")
