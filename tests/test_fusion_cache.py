@@ -104,6 +104,25 @@ def test_cached_step_equals_exact_values_with_seed_only_fusion_gradients(setup, 
         if ".fusion." not in name:  # ID tables and GCN: same gradient as the exact step
             torch.testing.assert_close(g_cached[name], g_exact[name], **TOL, msg=name)
 
+    # after the step the seeds' exact fusion rows go back into the cache; no other row changes
+    seeds = cached.output_items
+    torch.testing.assert_close(model.seed_fusion, full_fuse(torch.from_numpy(feats[seeds.numpy()])), **TOL)
+    cache.fused = torch.zeros_like(cache.fused)
+    cache.push(seeds, model.seed_fusion)
+    torch.testing.assert_close(cache.fused[seeds], model.seed_fusion, **TOL)
+    others = torch.ones(N_ITEMS, dtype=torch.bool)
+    others[seeds] = False
+    assert cache.fused[others].abs().sum() == 0
+
+
+def test_push_later_row_wins_and_needs_a_refresh():
+    cache = FusionCache(6, 2, refresh_every=5)
+    with pytest.raises(RuntimeError, match="before the first refresh"):
+        cache.push(torch.tensor([1]), torch.ones(1, 2))
+    cache.fused = torch.zeros(6, 2)
+    cache.push(torch.tensor([4, 1, 4]), torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]))
+    assert cache.fused.tolist() == [[0, 0], [2, 2], [0, 0], [0, 0], [3, 3], [0, 0]]
+
 
 def test_refresh_schedule_and_world_split(setup):
     graph, feats, cfg = setup

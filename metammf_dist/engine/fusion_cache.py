@@ -12,9 +12,13 @@ meta-learner and the meta layers) is what a sampled step spends most of its time
 * recomputes the whole cache, without gradient, before every step whose global step is a multiple of K
   (and before the first step).
 
-The cache is a snapshot of the fusion at the last refresh, identical on every rank: the catalog is cut
-into fixed chunks, rank r fuses chunks r, r + W, ..., and one all-reduce (a sum with zeros elsewhere,
-which is exact) assembles it.  It is saved with each checkpoint (``fusion_cache.pt``, rank 0), so a
+After each step the seeds' exact fusion outputs (computed in that step's forward) are written back into
+the cache (all-gathered across ranks; ``push``), so an item's entry is its fusion at the last refresh or
+at the last step that had it as a seed, whichever is later.
+
+The cache is identical on every rank: at a refresh the catalog is cut into fixed chunks, rank r fuses
+chunks r, r + W, ..., and one all-reduce (a sum with zeros elsewhere, which is exact) assembles it; every
+rank applies the same gathered pushes.  It is saved with each checkpoint (``fusion_cache.pt``, rank 0), so a
 resumed run continues with the same cache as an uninterrupted one.
 
 Memory: ``num_items x fusion_dims[-1]`` float32 per rank (128 MB at 1M items and 32 dims).  Cost of a
@@ -30,6 +34,7 @@ import torch
 import torch.distributed as tdist
 
 from metammf_dist.engine.checkpoint import atomic_torch_save
+from metammf_dist.engine.sparse_ids import all_gather_rows, last_per_id
 
 FILE_NAME = "fusion_cache.pt"
 
@@ -76,6 +81,20 @@ class FusionCache:
         if self.fused is None:
             raise RuntimeError("FusionCache.lookup before the first refresh")
         return self.fused.index_select(0, item_ids.to(self.fused.device))
+
+    @torch.no_grad()
+    def push(self, item_ids: torch.Tensor, fused: torch.Tensor) -> None:
+        """Write the seeds' fresh fusion rows (``fused[k]`` of item ``item_ids[k]``) into the cache.
+        Collective when distributed: every rank's rows are applied on every rank, a later rank's row winning
+        for an item that several ranks had."""
+        if self.fused is None:
+            raise RuntimeError("FusionCache.push before the first refresh")
+        ids = item_ids.to(device=self.fused.device, dtype=torch.int64)
+        values = fused.detach().to(device=self.fused.device, dtype=self.fused.dtype)
+        if self.distributed and self.world_size > 1:
+            ids, values = all_gather_rows(ids, values, self.world_size)
+        ids, values = last_per_id(ids, values)
+        self.fused.index_copy_(0, ids, values)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict:

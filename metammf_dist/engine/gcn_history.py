@@ -29,13 +29,13 @@ Saved with each checkpoint (``gcn_history.pt``), so a resumed run equals an unin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 import torch.distributed as tdist
 
 from metammf_dist.engine.checkpoint import atomic_torch_save
-from metammf_dist.engine.sparse_ids import all_gather_rows
+from metammf_dist.engine.sparse_ids import all_gather_rows, last_per_id
 
 FILE_NAME = "gcn_history.pt"
 NODE_TYPES = ("user", "item")
@@ -95,7 +95,7 @@ class GCNHistory:
             values = torch.cat(parts, dim=1)
             if self.distributed and self.world_size > 1:
                 node_ids, values = all_gather_rows(node_ids, values, self.world_size)
-            node_ids, values = _last_per_id(node_ids, values)
+            node_ids, values = last_per_id(node_ids, values)
             for layer, table in enumerate(self.tables):
                 table[nt].index_copy_(0, node_ids, values[:, layer * self.dim:(layer + 1) * self.dim])
             if nt == "item" and fusion_dim:
@@ -121,14 +121,3 @@ class GCNHistory:
         self.tables = [{nt: table[nt].to(self.device) for nt in NODE_TYPES} for table in tables]
         self.refreshed_at = int(blob["refreshed_at"])
         return True
-
-
-def _last_per_id(ids: torch.Tensor, values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Unique ids, each with the values of its LAST occurrence (a later rank's push wins, deterministically)."""
-    unique, inverse = torch.unique(ids, return_inverse=True)
-    if unique.numel() == ids.numel():
-        return ids, values
-    position = torch.arange(ids.numel(), device=ids.device)
-    last = torch.full((unique.numel(),), -1, dtype=torch.long, device=ids.device)
-    last = last.scatter_reduce(0, inverse, position, reduce="amax")
-    return unique, values[last]

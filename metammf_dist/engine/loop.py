@@ -230,9 +230,12 @@ class Trainer:
         self.engine.step()
         if self.id_tables is not None:
             self.id_tables.step()
-        if self.gcn_history is not None:  # the seeds' fresh vectors (computed before this step's update)
+        # the seeds' fresh vectors (computed before this step's update) go back into the cache / histories
+        if self.gcn_history is not None:
             self.gcn_history.push({"user": batch.output_users, "item": batch.output_items},
                                   self.model.gcn.fresh_hidden, self.fusion_cache)
+        elif self.fusion_cache is not None:
+            self.fusion_cache.push(batch.output_items, self.model.seed_fusion)
         return loss, batch
 
     def _use_fusion_cache(self, batch) -> None:

@@ -24,7 +24,7 @@ per rank is 3 x the tables (weights, m, v) and no dense gradient.  Saved with ea
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 import torch.distributed as tdist
@@ -154,3 +154,14 @@ def all_gather_rows(rows: torch.Tensor, values: torch.Tensor, world_size: int):
     tdist.all_gather(all_vals, pad_vals)
     return (torch.cat([r[:c] for r, c in zip(all_rows, counts)]),
             torch.cat([v[:c] for v, c in zip(all_vals, counts)]))
+
+
+def last_per_id(ids: torch.Tensor, values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Unique ids, each with the values of its LAST occurrence (a later rank's push wins, deterministically)."""
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    if unique.numel() == ids.numel():
+        return ids, values
+    position = torch.arange(ids.numel(), device=ids.device)
+    last = torch.full((unique.numel(),), -1, dtype=torch.long, device=ids.device)
+    last = last.scatter_reduce(0, inverse, position, reduce="amax")
+    return unique, values[last]

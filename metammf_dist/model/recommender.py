@@ -65,6 +65,7 @@ class MetaMMFRecommender(nn.Module):
         nn.init.normal_(self.item_emb.weight, std=ID_INIT_STD)
         nn.init.normal_(self.user_emb.weight, std=ID_INIT_STD)
         self.gcn: Optional[nn.Module] = build_scorer(cfg)
+        self.seed_fusion: Optional[torch.Tensor] = None  # last fusion-cache step's exact seed rows (detached)
         if cfg.feature_norm == "standardize":  # filled by set_feature_stats from the dataset
             self.register_buffer("feat_mean", torch.zeros(feat_dim))
             self.register_buffer("feat_std", torch.ones(feat_dim))
@@ -102,6 +103,7 @@ class MetaMMFRecommender(nn.Module):
         weight = self.item_emb.weight
         fused = self.fuse(feats)
         if n_rest:
+            self.seed_fusion = fused.detach()  # the trainer pushes these exact rows into the fusion cache
             fused = torch.cat([fused, fused_rest.detach().to(device=fused.device, dtype=fused.dtype)])
         return torch.cat([fused, self.item_emb(item_ids.to(weight.device))], dim=1)
 
