@@ -69,6 +69,13 @@ class TorchHeteroSAGE(nn.Module):
         self.mods = nn.ModuleDict({"ui": SAGEMean(dim), "iu": SAGEMean(dim)})
 
 
+def _index_sum(total: torch.Tensor, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``total`` plus, for each edge, row ``x[src]`` added at row ``dst`` (``EDGE_CHUNK`` edges at a time)."""
+    for lo in range(0, src.numel(), EDGE_CHUNK):
+        total = total.index_add(0, dst[lo:lo + EDGE_CHUNK], x.index_select(0, src[lo:lo + EDGE_CHUNK]))
+    return total
+
+
 def sage_mean(conv: nn.Module, x_src: torch.Tensor, x_dst: torch.Tensor, src: torch.Tensor,
               dst: torch.Tensor) -> torch.Tensor:
     """GraphSAGE-mean of one edge type: ``fc_self(x_dst) + fc_neigh(mean of x_src over in-edges)``.
@@ -80,9 +87,7 @@ def sage_mean(conv: nn.Module, x_src: torch.Tensor, x_dst: torch.Tensor, src: to
     n_dst = x_dst.shape[0]
     lin_before = conv.fc_neigh.in_features > conv.fc_neigh.out_features
     x_msg = conv.fc_neigh(x_src) if lin_before else x_src
-    total = x_msg.new_zeros(n_dst, x_msg.shape[1])
-    for lo in range(0, src.numel(), EDGE_CHUNK):
-        total = total.index_add(0, dst[lo:lo + EDGE_CHUNK], x_msg.index_select(0, src[lo:lo + EDGE_CHUNK]))
+    total = _index_sum(x_msg.new_zeros(n_dst, x_msg.shape[1]), x_msg, src, dst)
     degree = torch.bincount(dst, minlength=n_dst).clamp_(min=1).to(total.dtype)
     neigh = total / degree.unsqueeze(1)
     if not lin_before:
@@ -118,12 +123,6 @@ def _split_edges(block, etype: str, n_seed_src: int, n_dst: int):
     from_seed = src < n_seed_src
     degree = torch.bincount(dst, minlength=n_dst).clamp_(min=1)
     return (src[from_seed], dst[from_seed]), (src[~from_seed] - n_seed_src, dst[~from_seed]), degree
-
-
-def _index_sum(total: torch.Tensor, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    for lo in range(0, src.numel(), EDGE_CHUNK):
-        total = total.index_add(0, dst[lo:lo + EDGE_CHUNK], x.index_select(0, src[lo:lo + EDGE_CHUNK]))
-    return total
 
 
 def _sage_mean_split(conv: nn.Module, x_seed: torch.Tensor, x_rest: torch.Tensor, x_dst: torch.Tensor,

@@ -30,7 +30,6 @@ construction; a hub's full adjacency is never scanned.
 """
 from __future__ import annotations
 
-import threading
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -40,25 +39,11 @@ from metammf_dist.sampler.edges import EdgeBatches, MiniBatch
 from metammf_dist.sampler.graph import IU, UI, train_edges
 from metammf_dist.sampler.partition import TAG_NEIGHBORS, derive_seed
 from metammf_dist.sampler.torch_graph import BipartiteGraph
-from metammf_dist.sampler.torch_neighbor import TorchNeighborSampler
+from metammf_dist.sampler.torch_neighbor import TorchNeighborSampler, forget_scratch, scratch_buffer
 
 __all__ = ["MiniBatch", "NeighborBatches", "UniformNeighborSampler"]
 
 _NO_POSITION = np.iinfo(np.int64).max
-_SCRATCH = threading.local()
-
-
-def _scratch(name: str, size: int, dtype, fill) -> np.ndarray:
-    """A per-thread graph-sized array holding ``fill`` between uses: callers reset the entries they set, so
-    a step costs O(batch), not O(graph) (as ``torch_neighbor._scratch``)."""
-    buffers = getattr(_SCRATCH, "buffers", None)
-    if buffers is None:
-        buffers = _SCRATCH.buffers = {}
-    key = (name, int(size), np.dtype(dtype).str)
-    buf = buffers.get(key)
-    if buf is None:
-        buf = buffers[key] = np.full(int(size), fill, dtype=dtype)
-    return buf
 
 
 def _floyd_sample(n: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -102,7 +87,7 @@ class _InEdges:
         """
         start = self.indptr[rows]
         degree = self.indptr[rows + 1] - start
-        local = _scratch("local", self.num_dst, np.int64, -1)
+        local = scratch_buffer("local", self.num_dst, torch.int64, -1, "cpu").numpy()
         local[rows] = np.arange(rows.size, dtype=np.int64)
         ex_row = local[self.dst[excluded]]
         local[rows] = -1
@@ -165,7 +150,7 @@ def _extend(dst_nodes: np.ndarray, reached: np.ndarray) -> np.ndarray:
 
 
 def _local_ids(nodes: np.ndarray, ids: np.ndarray, num_nodes: int) -> np.ndarray:
-    lookup = _scratch("lookup", num_nodes, np.int64, -1)
+    lookup = scratch_buffer("lookup", num_nodes, torch.int64, -1, "cpu").numpy()
     lookup[nodes] = np.arange(nodes.size, dtype=np.int64)
     out = lookup[ids]
     lookup[nodes] = -1
@@ -196,7 +181,7 @@ class UniformNeighborSampler:
                       rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor, List]:
         """Output nodes -> (input users, input items, blocks), excluding ``seed_eids`` in both directions."""
         excluded = np.unique(seed_eids.numpy())
-        is_excluded = _scratch("is_excluded", self.num_edges, bool, False)
+        is_excluded = scratch_buffer("is_excluded", self.num_edges, torch.bool, False, "cpu").numpy()
         is_excluded[excluded] = True
         users, items = output_users.numpy(), output_items.numpy()
         blocks = []
@@ -205,7 +190,7 @@ class UniformNeighborSampler:
                 block, users, items = self._layer(users, items, fanout, excluded, is_excluded, rng)
                 blocks.insert(0, block)
         except BaseException:
-            _SCRATCH.buffers = {}  # a failure between marking and resetting: start from clean arrays
+            forget_scratch()
             raise
         finally:
             is_excluded[excluded] = False

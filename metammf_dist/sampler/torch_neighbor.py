@@ -36,13 +36,13 @@ __all__ = ["TorchNeighborSampler"]
 _SCRATCH = threading.local()
 
 
-def _scratch(name: str, size: int, dtype: torch.dtype, fill, device) -> torch.Tensor:
+def scratch_buffer(name: str, size: int, dtype: torch.dtype, fill, device) -> torch.Tensor:
     """A per-thread graph-sized buffer holding ``fill`` everywhere between uses.
 
-    The sampler marks a batch's nodes/edges in such buffers and RESETS exactly those entries before it
-    returns, so a step costs O(batch), not O(graph): allocating and clearing 1M-node / 10M-edge buffers
-    every step was most of the sampling time at 1M items.  Per thread, because loader threads sample
-    concurrently."""
+    The samplers (this one, and ``neighbor.py``'s numpy one through ``.numpy()`` views) mark a batch's
+    nodes/edges in such buffers and RESET exactly those entries before they return, so a step costs
+    O(batch), not O(graph): allocating and clearing 1M-node / 10M-edge buffers every step was most of the
+    sampling time at 1M items.  Per thread, because loader threads sample concurrently."""
     buffers = getattr(_SCRATCH, "buffers", None)
     if buffers is None:
         buffers = _SCRATCH.buffers = {}
@@ -51,6 +51,11 @@ def _scratch(name: str, size: int, dtype: torch.dtype, fill, device) -> torch.Te
     if buf is None:
         buf = buffers[key] = torch.full((int(size),), fill, dtype=dtype, device=device)
     return buf
+
+
+def forget_scratch() -> None:
+    """Drop this thread's buffers: after a failure between marking and resetting, start from clean ones."""
+    _SCRATCH.buffers = {}
 
 
 def floyd_sample(n: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -102,7 +107,7 @@ def sample_in_edges(adj: Adjacency, rows: torch.Tensor, fanout: int, excluded: t
     n = rows.numel()
     start = adj.indptr.index_select(0, rows)
     degree = adj.indptr.index_select(0, rows + 1) - start
-    local = _scratch("local", adj.num_dst, torch.int64, -1, device)
+    local = scratch_buffer("local", adj.num_dst, torch.int64, -1, device)
     local.index_copy_(0, rows, torch.arange(n, device=device))
     ex_row = local.index_select(0, adj.dst.index_select(0, excluded))
     local.index_fill_(0, rows, -1)
@@ -147,13 +152,13 @@ def sample_in_edges(adj: Adjacency, rows: torch.Tensor, fanout: int, excluded: t
 def relabel(dst_nodes: torch.Tensor, reached: torch.Tensor, num_nodes: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """(src nodes = dst nodes then new reached nodes ascending, local index of each ``reached`` node)."""
     device = dst_nodes.device
-    seen = _scratch("seen", num_nodes, torch.bool, False, device)
+    seen = scratch_buffer("seen", num_nodes, torch.bool, False, device)
     seen.index_fill_(0, reached, True)
     seen.index_fill_(0, dst_nodes, False)
     new = torch.nonzero(seen).squeeze(1)
     seen.index_fill_(0, new, False)
     src_nodes = torch.cat([dst_nodes, new])
-    lookup = _scratch("lookup", num_nodes, torch.int64, -1, device)
+    lookup = scratch_buffer("lookup", num_nodes, torch.int64, -1, device)
     lookup.index_copy_(0, src_nodes, torch.arange(src_nodes.numel(), device=device))
     local = lookup.index_select(0, reached)
     lookup.index_fill_(0, src_nodes, -1)
@@ -182,7 +187,8 @@ class TorchNeighborSampler:
         """Output nodes -> (input users, input items, blocks), excluding ``seed_eids`` in both directions."""
         device = self.graph.device
         excluded = torch.unique(seed_eids.to(device=device, dtype=torch.int64))
-        is_excluded = _scratch("is_excluded", self.num_edges, torch.bool, False, device).index_fill_(0, excluded, True)
+        is_excluded = scratch_buffer("is_excluded", self.num_edges, torch.bool, False, device)
+        is_excluded.index_fill_(0, excluded, True)
         users = output_users.to(device=device, dtype=torch.int64)
         items = output_items.to(device=device, dtype=torch.int64)
         blocks: List[Block] = []
@@ -192,7 +198,7 @@ class TorchNeighborSampler:
                 blocks.insert(0, block)
                 users, items = block.src_nids["user"], block.src_nids["item"]
         except BaseException:
-            _SCRATCH.buffers = {}  # a failure between marking and resetting: start from clean buffers
+            forget_scratch()
             raise
         finally:
             is_excluded.index_fill_(0, excluded, False)
