@@ -41,6 +41,7 @@ class ModelConfig:
     gcn_layers: int = 2
     gcn_dropout: List[float] = field(default_factory=lambda: [0.5, 0.2])
     gcn_combine: str = "last"  # last | mean  (mean: average of layer-0..L representations)
+    id_init_std: float = 0.1  # ID embeddings start ~ N(0, std²)
 
 
 @dataclass
@@ -180,6 +181,7 @@ def validate(cfg: Config) -> Config:
         "model.cp_rank": cfg.model.cp_rank,
         "model.item_id_dim": cfg.model.item_id_dim,
         "model.user_id_dim": cfg.model.user_id_dim,
+        "model.id_init_std": cfg.model.id_init_std,
     }
     for key, value in positive.items():
         if value <= 0:

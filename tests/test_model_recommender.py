@@ -132,3 +132,16 @@ def test_bpr_gradient_step_decreases_loss(scorer):
 def test_dimension_contract_is_checked():
     with pytest.raises(ValueError, match="user_id_dim"):
         build_model(_cfg(user_id_dim=8), N_USERS, N_ITEMS, FEAT)
+
+
+def test_id_init_std_sets_the_id_rows_scale():
+    """``model.id_init_std`` (default 0.1) is the std of the initial ID rows; 0 or less is a config error."""
+    from metammf_dist.config import ConfigError, load_config
+
+    torch.manual_seed(0)
+    big = build_model(_cfg(), 4000, 3000, FEAT)
+    small = build_model(_cfg(id_init_std=0.01), 4000, 3000, FEAT)
+    assert abs(float(big.user_emb.weight.std()) - 0.1) < 0.005
+    assert abs(float(small.item_emb.weight.std()) - 0.01) < 0.0005
+    with pytest.raises(ConfigError, match="model.id_init_std"):
+        load_config("configs/tiktok.yaml", ["model.id_init_std=0"])

@@ -24,7 +24,6 @@ from torch import nn
 from metammf_dist.config import ModelConfig
 from metammf_dist.model.registry import build_fusion, build_scorer
 
-ID_INIT_STD = 0.1  # ID embeddings ~ N(0, 0.1²)
 
 
 class ColdStartEmbedding(nn.Embedding):
@@ -62,8 +61,8 @@ class MetaMMFRecommender(nn.Module):
         self.fusion = build_fusion(cfg, feat_dim)
         self.item_emb = ColdStartEmbedding(num_items, cfg.item_id_dim)
         self.user_emb = nn.Embedding(num_users, cfg.user_id_dim)
-        nn.init.normal_(self.item_emb.weight, std=ID_INIT_STD)
-        nn.init.normal_(self.user_emb.weight, std=ID_INIT_STD)
+        nn.init.normal_(self.item_emb.weight, std=cfg.id_init_std)
+        nn.init.normal_(self.user_emb.weight, std=cfg.id_init_std)
         self.gcn: Optional[nn.Module] = build_scorer(cfg)
         self.seed_fusion: Optional[torch.Tensor] = None  # last fusion-cache step's exact seed rows (detached)
         if cfg.feature_norm == "standardize":  # filled by set_feature_stats from the dataset
