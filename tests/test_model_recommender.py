@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from metammf_dist.config import ModelConfig
+from metammf_dist.config import ConfigError, ModelConfig, load_config
 from metammf_dist.model import build_model, count_parameters, format_parameter_table, parameter_counts
 from metammf_dist.model.recommender import MetaMMFRecommender
 
@@ -136,8 +136,6 @@ def test_dimension_contract_is_checked():
 
 def test_id_init_std_sets_the_id_rows_scale():
     """``model.id_init_std`` (default 0.1) is the std of the initial ID rows; 0 or less is a config error."""
-    from metammf_dist.config import ConfigError, load_config
-
     torch.manual_seed(0)
     big = build_model(_cfg(), 4000, 3000, FEAT)
     small = build_model(_cfg(id_init_std=0.01), 4000, 3000, FEAT)

@@ -25,7 +25,6 @@ from metammf_dist.config import ModelConfig
 from metammf_dist.model.registry import build_fusion, build_scorer
 
 
-
 class ColdStartEmbedding(nn.Embedding):
     """ID table whose ids ≥ ``num_embeddings`` (no trained row: cold start) read the mean of all rows.
 
