@@ -42,6 +42,7 @@ class ModelConfig:
     gcn_dropout: List[float] = field(default_factory=lambda: [0.5, 0.2])
     gcn_combine: str = "last"  # last | mean  (mean: average of layer-0..L representations)
     id_init_std: float = 0.1  # ID embeddings start ~ N(0, std²)
+    item_knn: int = 0  # 0 = off; k > 0: each item vector adds the mean ID row of its k nearest items by features
 
 
 @dataclass
@@ -66,6 +67,8 @@ class TrainConfig:
     fusion_cache_refresh: int = 0  # 0 = off; K > 0: neighbour items read a fusion cache refreshed every K steps
     id_tables: str = "dense"  # dense: inside the DeepSpeed engine (ZeRO); sparse: outside it, lazy row-wise Adam
     id_lr: float = 0.0  # learning rate of sparse ID tables (0 = train.lr); a row is updated only when it is looked up
+    lr_schedule: str = "constant"  # constant | cosine (train.lr -> train.lr * lr_min_ratio over train.epochs)
+    lr_min_ratio: float = 0.0  # cosine: the last step's rate as a fraction of train.lr
     gcn_history: bool = False  # GCN layer histories (GNNAutoScale): one sampled hop (fanouts[-1]); needs the fusion cache
 
 
@@ -159,6 +162,7 @@ _CHOICES = {
     "train.sampler": ("neighbor", "full"),
     "train.graph_backend": ("dgl", "torch"),
     "train.id_tables": ("dense", "sparse"),
+    "train.lr_schedule": ("constant", "cosine"),
 }
 
 
@@ -186,6 +190,10 @@ def validate(cfg: Config) -> Config:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{key}': must be positive, got {value}")
+    if not 0.0 <= cfg.train.lr_min_ratio <= 1.0:
+        raise ConfigError(f"config key 'train.lr_min_ratio': must be in [0, 1], got {cfg.train.lr_min_ratio}")
+    if cfg.model.item_knn < 0:
+        raise ConfigError(f"config key 'model.item_knn': must be >= 0 (0 = off), got {cfg.model.item_knn}")
     if not cfg.model.fusion_dims:
         raise ConfigError("config key 'model.fusion_dims': needs at least one output dim")
     if cfg.train.fusion_cache_refresh < 0:

@@ -5,15 +5,18 @@ Each run trains on a small synthetic catalog for 1-2 short epochs; the checks ar
 """
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO, free_port
+from metammf_dist.engine.checkpoint import tag_for
 
 PY = sys.executable
 # The DGL lane tests the DGL graph backend, the latest lane (no DGL) the torch one; env overrides.
@@ -83,6 +86,37 @@ def test_resume_continues_exactly(synth_ds, tmp_path):
     resumed = last_json(train(synth_ds, tmp_path / "resumed", "--resume", epochs=2))
     assert close(straight, resumed, 1e-6), (straight, resumed)
     assert resumed["best_epoch"] == straight["best_epoch"]
+
+
+def test_cosine_rate_is_logged_and_resumed(synth_ds, tmp_path):
+    """``train.lr_schedule=cosine``: the logged rate falls from train.lr to lr * lr_min_ratio over the run, and a
+    run resumed from its epoch-1 checkpoint (as if it had died there) ends like the straight run."""
+    lr = ["train.lr_schedule=cosine", "train.lr_min_ratio=0.1", "train.log_every=1"]
+    straight = last_json(train(synth_ds, tmp_path / "straight", *lr, epochs=2))
+    rates = [float(r["value"]) for r in csv.DictReader(open(tmp_path / "straight" / "metrics.csv"))
+             if r["split"] == "train" and r["metric"] == "lr"]
+    assert len(rates) > 2 and rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-4)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    run = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "straight" / "checkpoints", run / "checkpoints")
+    (run / "checkpoints" / "latest.json").write_text(json.dumps({"tag": tag_for(1, 0)}))
+    (run / "checkpoints" / "best.json").unlink()
+    resumed = last_json(train(synth_ds, run, "--resume", *lr, epochs=2))
+    assert close(straight, resumed, 1e-6), (straight, resumed)
+    rest = [float(r["value"]) for r in csv.DictReader(open(run / "metrics.csv"))
+            if r["split"] == "train" and r["metric"] == "lr"]
+    assert rest == pytest.approx(rates[-len(rest):]) and len(rest) < len(rates)
+
+
+@pytest.mark.parametrize("id_tables", ["dense", "sparse"])
+def test_item_graph_trains_and_evaluates_from_its_checkpoint(synth_ds, tmp_path, id_tables):
+    """``model.item_knn``: the kNN index is built, trained with, saved, and restored by ``evaluate``."""
+    run = tmp_path / "run"
+    metrics = last_json(train(synth_ds, run, "model.item_knn=5", f"train.id_tables={id_tables}", epochs=1))
+    assert metrics["recall@20"] > 0
+    assert close(last_json(run_cli("evaluate", str(run))), metrics, 1e-6)
+    plain = last_json(train(synth_ds, tmp_path / "plain", f"train.id_tables={id_tables}", epochs=1))
+    assert not close(plain, metrics, 1e-6)  # the graph term changes the model
 
 
 @pytest.mark.multiproc

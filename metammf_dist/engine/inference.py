@@ -25,9 +25,10 @@ def compute_vectors(model, store, graph, num_users: int, num_items: int, item_ch
         item_in = torch.cat(item_in) if item_in else torch.empty(0, model.user_emb.embedding_dim)
         user_in = torch.cat([model.user_vectors(torch.arange(lo, min(lo + item_chunk, num_users), device=device))
                              for lo in range(0, num_users, item_chunk)])
-        if getattr(model, "gcn", None) is None:
-            return user_in, item_in
-        out = model.gcn.forward_graph(graph.to(device), {"user": user_in, "item": item_in})
+        out = {"user": user_in, "item": item_in}
+        if getattr(model, "gcn", None) is not None:
+            out = model.gcn.forward_graph(graph.to(device), out)
+        out = model.add_item_graph(out, torch.arange(num_items, device=device), item_chunk)
         return out["user"], out["item"]
     finally:
         model.train(was_training)

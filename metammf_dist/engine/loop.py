@@ -28,6 +28,7 @@ import torch.distributed as tdist
 from metammf_dist.config import Config, sampled_fanouts
 from metammf_dist.data.dataset import Dataset
 from metammf_dist.data.feature_stats import feature_moments
+from metammf_dist.data.item_knn import feature_knn
 from metammf_dist.engine.checkpoint import Checkpoints, tag_for
 from metammf_dist.engine.deepspeed_engine import build_engine, gathered_parameters, load_ds_config
 from metammf_dist.engine.dist import DistInfo, init_distributed, log_main
@@ -35,6 +36,7 @@ from metammf_dist.engine.fusion_cache import FILE_NAME as FUSION_CACHE_FILE, Fus
 from metammf_dist.engine.gcn_history import FILE_NAME as GCN_HISTORY_FILE, GCNHistory
 from metammf_dist.engine.sparse_ids import FILE_NAME as ID_TABLES_FILE, SparseIdTables
 from metammf_dist.engine.inference import compute_vectors, split_csr
+from metammf_dist.engine.lr_schedule import lr_factor, set_lr
 from metammf_dist.engine.objective import BPRObjective
 from metammf_dist.engine.run_dir import RunDir
 from metammf_dist.errors import TrainingError
@@ -80,6 +82,8 @@ class Trainer:
         self.model = build_model(cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim)
         if cfg.model.feature_norm == "standardize":
             self.model.set_feature_stats(*feature_moments(self.store))
+        if cfg.model.item_knn > 0:
+            self.model.set_item_graph(feature_knn(self.store, self.ds.modalities, cfg.model.item_knn))
         self.id_tables: Optional[SparseIdTables] = None
         if cfg.train.id_tables == "sparse":  # before the engine: DeepSpeed must not see the ID tables
             self.id_tables = SparseIdTables(self.model, cfg.train.id_lr or cfg.train.lr, cfg.train.weight_decay,
@@ -96,6 +100,7 @@ class Trainer:
         self.state = TrainerState()
         self.fusion_cache: Optional[FusionCache] = None
         self.last_refresh_seconds = 0.0
+        self.last_lr = cfg.train.lr
         self.usage = {"train_seconds": 0.0, "train_steps": 0, "train_examples": 0, "refreshes": 0,
                       "refresh_seconds": 0.0, "valid_eval_seconds": 0.0, "test_eval_seconds": 0.0,
                       "input_items": 0, "fused_items": 0}
@@ -189,8 +194,8 @@ class Trainer:
             _advance(bar)
             if cfg.train.log_every and st.global_step % cfg.train.log_every == 0:
                 rate = window_examples / max(time.perf_counter() - window_start, 1e-9)
-                self.run.log_metrics(epoch, st.global_step, "train", {}, loss=window_loss / cfg.train.log_every,
-                                     examples_per_s=rate)
+                self.run.log_metrics(epoch, st.global_step, "train", {"lr": self.last_lr},
+                                     loss=window_loss / cfg.train.log_every, examples_per_s=rate)
                 if bar is not None:
                     bar.set_postfix(loss=f"{window_loss / cfg.train.log_every:.4f}", ex_s=f"{rate:,.0f}")
                 window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
@@ -227,8 +232,12 @@ class Trainer:
         loss = self.engine(batch)
         self._check_finite(loss, epoch, batch.step)
         self.engine.backward(loss)
+        factor = self._lr_factor()
+        self.last_lr = self.cfg.train.lr * factor
+        set_lr(self.engine.optimizer.param_groups, self.last_lr)
         self.engine.step()
         if self.id_tables is not None:
+            self.id_tables.lr = (self.cfg.train.id_lr or self.cfg.train.lr) * factor
             self.id_tables.step()
         # the seeds' fresh vectors (computed before this step's update) go back into the cache / histories
         if self.gcn_history is not None:
@@ -237,6 +246,14 @@ class Trainer:
         elif self.fusion_cache is not None:
             self.fusion_cache.push(batch.output_items, self.model.seed_fusion)
         return loss, batch
+
+    def _lr_factor(self) -> float:
+        """``train.lr_schedule`` at this step (``state.global_step`` counts the steps already taken)."""
+        t = self.cfg.train
+        per_epoch = self.batches.num_batches(0)
+        if t.max_steps_per_epoch:
+            per_epoch = min(per_epoch, t.max_steps_per_epoch)
+        return lr_factor(t.lr_schedule, self.state.global_step, t.epochs * per_epoch, t.lr_min_ratio)
 
     def _use_fusion_cache(self, batch) -> None:
         """Seed items keep exact fusion (their features are in ``batch.item_feats``); the other input items

@@ -46,7 +46,7 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best"):
                 f"{tuple(state[name].shape)} in the checkpoint but {tuple(tensor.shape)} for this dataset "
                 f"({ds.num_users} users, {ds.num_items} items, feature dim {ds.feat_dim})"
             )
-    model.load_state_dict({k: state[k].float() for k in own})
+    model.load_state_dict({k: state[k].float() if own[k].is_floating_point() else state[k] for k in own})
     model.eval()
     store = ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
     train_u, train_i = ds.interactions("train")

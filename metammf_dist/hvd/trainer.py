@@ -20,7 +20,9 @@ import torch
 from metammf_dist.config import Config
 from metammf_dist.data.dataset import Dataset
 from metammf_dist.data.feature_stats import feature_moments
+from metammf_dist.data.item_knn import feature_knn
 from metammf_dist.engine.inference import compute_vectors, split_csr
+from metammf_dist.engine.lr_schedule import lr_factor, set_lr
 from metammf_dist.engine.objective import BPRObjective
 from metammf_dist.evaluation.ranking import evaluate_full_ranking
 from metammf_dist.model.registry import build_model
@@ -59,6 +61,8 @@ class HorovodTrainer:
         self.model = build_model(cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim)
         if cfg.model.feature_norm == "standardize":
             self.model.set_feature_stats(*feature_moments(self.store))
+        if cfg.model.item_knn > 0:
+            self.model.set_item_graph(feature_knn(self.store, self.ds.modalities, cfg.model.item_knn))
         self.model.to(self.device)
         self.objective = BPRObjective(self.model)
         hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
@@ -140,6 +144,8 @@ class HorovodTrainer:
             self.optimizer.zero_grad()
             loss = self.objective(batch)
             loss.backward()
+            set_lr(self.optimizer.param_groups, cfg.train.lr * lr_factor(
+                cfg.train.lr_schedule, epoch * n_steps + batch.step, cfg.train.epochs * n_steps, cfg.train.lr_min_ratio))
             self.optimizer.step()
             total, steps = total + float(loss.detach()), steps + 1
         return float(self.hvd.allreduce(torch.tensor(total / max(steps, 1)), name="epoch_loss"))

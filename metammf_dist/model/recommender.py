@@ -67,6 +67,8 @@ class MetaMMFRecommender(nn.Module):
         if cfg.feature_norm == "standardize":  # filled by set_feature_stats from the dataset
             self.register_buffer("feat_mean", torch.zeros(feat_dim))
             self.register_buffer("feat_std", torch.ones(feat_dim))
+        if cfg.item_knn > 0:  # filled by set_item_graph from the dataset (until then: each item its own neighbour)
+            self.register_buffer("knn_index", torch.arange(num_items).unsqueeze(1).repeat(1, cfg.item_knn))
 
     def set_feature_stats(self, mean, std) -> None:
         """Per-dim input statistics for ``feature_norm: standardize`` (x -> (x - mean) / std)."""
@@ -74,6 +76,37 @@ class MetaMMFRecommender(nn.Module):
             raise ValueError("set_feature_stats needs model.feature_norm=standardize")
         self.feat_mean.copy_(torch.as_tensor(mean, dtype=self.feat_mean.dtype))
         self.feat_std.copy_(torch.as_tensor(std, dtype=self.feat_std.dtype))
+
+    def set_item_graph(self, index) -> None:
+        """Each item's ``model.item_knn`` nearest items by features (``[num_items, k]`` ids; ``data/item_knn.py``)."""
+        if not hasattr(self, "knn_index"):
+            raise ValueError("set_item_graph needs model.item_knn > 0")
+        index = torch.as_tensor(index, dtype=torch.long)
+        if tuple(index.shape) != tuple(self.knn_index.shape):
+            raise ValueError(f"set_item_graph: index of shape {tuple(index.shape)}, expected {tuple(self.knn_index.shape)}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_items):
+            raise ValueError(f"set_item_graph: neighbour ids outside 0..{self.num_items - 1}")
+        self.knn_index.copy_(index)
+
+    def item_graph_term(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """``[n, D]``: zeros over the fusion part ⊕ the mean ID row of each item's k nearest items (the item–item
+        graph of ``model.item_knn``, one propagation step, as FREEDOM adds to its item vectors).  The neighbours'
+        ID rows get gradients.  Cold-start ids (≥ num_items) have no neighbours: zeros."""
+        ids = item_ids.to(self.knn_index.device)
+        known = ids < self.num_items
+        neighbours = self.knn_index[torch.where(known, ids, torch.zeros_like(ids))]
+        rows = self.item_emb(neighbours).mean(1) * known.unsqueeze(1).to(self.item_emb.weight.dtype)
+        return torch.cat([rows.new_zeros(rows.shape[0], self.dim - rows.shape[1]), rows], dim=1)
+
+    def add_item_graph(self, vectors: Dict[str, torch.Tensor], item_ids: torch.Tensor,
+                       chunk_size: int = 1 << 16) -> Dict[str, torch.Tensor]:
+        """``vectors`` with ``item_graph_term`` added to ``vectors["item"]`` (whose rows are the leading
+        ``item_ids``) when ``model.item_knn`` is on, ``chunk_size`` items at a time; unchanged otherwise."""
+        if not hasattr(self, "knn_index"):
+            return vectors
+        ids = item_ids[: vectors["item"].shape[0]]
+        terms = [self.item_graph_term(ids[lo:lo + chunk_size]) for lo in range(0, ids.shape[0], chunk_size)]
+        return {**vectors, "item": vectors["item"] + torch.cat(terms)} if terms else vectors
 
     @property
     def meta_learner(self) -> Optional[nn.Module]:
@@ -138,13 +171,16 @@ class MetaMMFRecommender(nn.Module):
                 n_item = blocks[-1].num_dst_nodes("item")
                 input_users, input_items = input_users[:n_user], input_items[:n_item]
                 input_item_feats = input_item_feats[:n_item]
-            return {"user": self.user_vectors(input_users), "item": self.item_vectors(input_items, input_item_feats)}
-        if neighbor_history is not None:
-            return self._forward_history(blocks, input_users, input_items, input_item_feats, cached_fusion,
-                                         neighbor_history)
-        feats = {"user": self.user_vectors(input_users),
-                 "item": self.item_vectors(input_items, input_item_feats, fused_rest=cached_fusion)}
-        return self.gcn(blocks, feats)
+            vectors = {"user": self.user_vectors(input_users), "item": self.item_vectors(input_items, input_item_feats)}
+        elif neighbor_history is not None:
+            vectors = self._forward_history(blocks, input_users, input_items, input_item_feats, cached_fusion,
+                                            neighbor_history)
+        else:
+            feats = {"user": self.user_vectors(input_users),
+                     "item": self.item_vectors(input_items, input_item_feats, fused_rest=cached_fusion)}
+            vectors = self.gcn(blocks, feats)
+        # output items lead the inputs (MF: they are the inputs; DGL blocks: dst nodes are a prefix of src nodes)
+        return self.add_item_graph(vectors, input_items)
 
     def _forward_history(self, blocks, input_users, input_items, input_item_feats, cached_fusion, history):
         if blocks is None or len(blocks) != 1 or cached_fusion is None:
@@ -185,9 +221,9 @@ class MetaMMFRecommender(nn.Module):
             ids = torch.arange(start, stop, device=device)
             parts.append(self.item_vectors(ids, item_feats_all[start:stop]))
         vectors = {"user": self.user_vectors(torch.arange(self.num_users, device=device)), "item": torch.cat(parts)}
-        if self.gcn is None:
-            return vectors
-        return self.gcn.forward_graph(g, vectors)
+        if self.gcn is not None:
+            vectors = self.gcn.forward_graph(g, vectors)
+        return self.add_item_graph(vectors, torch.arange(self.num_items, device=device), chunk_size)
 
     def forward(self, blocks, input_users, input_items, input_item_feats, cached_fusion=None,
                 neighbor_history=None) -> Dict[str, torch.Tensor]:

@@ -509,6 +509,10 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     add("feature-store cache", min(float(cfg.data.cache_mb) * 2**20, store_bytes), "persistent",
         note=f"min(data.cache_mb, store {store_bytes / 2**20:,.0f} MiB)")
 
+    if m.item_knn > 0:
+        add("item kNN index (model.item_knn)", INDEX * float(workload.num_items) * m.item_knn, "persistent", dev,
+            note=f"{m.item_knn} int64 ids per item, a model buffer on every rank")
+
     # ---- model states ----------------------------------------------------------------------------------
     # Backward order matters: the ID tables sit at the bottom of the graph but right below the GCN, so their
     # dense gradients appear early, next to almost all saved activations; the fusion's gradients appear as
