@@ -42,7 +42,8 @@ class ModelConfig:
     gcn_dropout: List[float] = field(default_factory=lambda: [0.5, 0.2])
     gcn_combine: str = "last"  # last | mean  (mean: average of layer-0..L representations)
     id_init_std: float = 0.1  # ID embeddings start ~ N(0, std²)
-    item_knn: int = 0  # 0 = off; k > 0: each item vector adds the mean ID row of its k nearest items by features
+    item_knn: int = 0  # 0 = off; k > 0: item vectors add the mean ID row of the item's k nearest items by features
+    item_knn_at: str = "output"  # output: added to the scorer's item vectors; input: to the layer-0 ID part (GCN input)
 
 
 @dataclass
@@ -159,6 +160,7 @@ _CHOICES = {
     "model.scorer": ("mf", "gcn"),
     "model.gcn_combine": ("last", "mean"),
     "model.feature_norm": ("none", "standardize"),
+    "model.item_knn_at": ("output", "input"),
     "train.sampler": ("neighbor", "full"),
     "train.graph_backend": ("dgl", "torch"),
     "train.id_tables": ("dense", "sparse"),

@@ -33,11 +33,16 @@ def setup():
     return graph, feats
 
 
-def _model(combine: str, layers: int = 2, dropout=(0.0,)):
+def _model(combine: str, layers: int = 2, dropout=(0.0,), knn_at=None):
+    """``knn_at``: with an item–item kNN graph (``model.item_knn=3``) used at the GCN's input or output."""
     cfg = ModelConfig(fusion_dims=[8, 4], item_id_dim=3, user_id_dim=7, meta_dim=3, meta_hidden=8, gcn_layers=layers,
-                      gcn_dropout=list(dropout), gcn_combine=combine)
+                      gcn_dropout=list(dropout), gcn_combine=combine, item_knn=3 if knn_at else 0,
+                      item_knn_at=knn_at or "output")
     torch.manual_seed(0)
-    return build_model(cfg, N_USERS, N_ITEMS, FEAT).double()
+    model = build_model(cfg, N_USERS, N_ITEMS, FEAT).double()
+    if knn_at:
+        model.set_item_graph(torch.randint(0, N_ITEMS, (N_ITEMS, 3), generator=torch.Generator().manual_seed(9)))
+    return model
 
 
 def _history_inputs(model, graph, feats, users, items, block_users, block_items):
@@ -50,11 +55,13 @@ def _history_inputs(model, graph, feats, users, items, block_users, block_items)
     return fused, history, rows
 
 
-@pytest.mark.parametrize("combine,layers", [("mean", 2), ("last", 2), ("mean", 3)])
-def test_history_pass_with_fresh_histories_equals_the_full_graph(setup, combine, layers):
-    """All in-edges, no excluded edges, no dropout: seeds' outputs = the full-graph GCN's rows."""
+@pytest.mark.parametrize("combine,layers,knn_at", [("mean", 2, None), ("last", 2, None), ("mean", 3, None),
+                                                    ("mean", 2, "input"), ("mean", 2, "output")])
+def test_history_pass_with_fresh_histories_equals_the_full_graph(setup, combine, layers, knn_at):
+    """All in-edges, no excluded edges, no dropout: seeds' outputs = the full-graph GCN's rows (also with an
+    item–item kNN graph at the GCN's input or output)."""
     graph, feats = setup
-    model = _model(combine, layers)
+    model = _model(combine, layers, knn_at=knn_at)
     users, items = torch.tensor([0, 3, 7, 40, 89]), torch.tensor([1, 2, 50, 149])
     sampler = TorchNeighborSampler(graph, [-1])
     in_users, in_items, blocks = sampler.sample_blocks(users, items, torch.empty(0, dtype=torch.long),

@@ -61,10 +61,10 @@ def test_feature_knn_rejects_bad_k(tmp_path):
         load_config("configs/tiktok.yaml", ["model.item_knn=-1"])
 
 
-def _model(scorer: str):
+def _model(scorer: str, at: str = "output"):
     torch.manual_seed(0)
     cfg = ModelConfig(fusion_dims=[8, 4], item_id_dim=3, user_id_dim=7, meta_dim=3, cp_rank=2, scorer=scorer,
-                      item_knn=3)
+                      item_knn=3, item_knn_at=at)
     model = build_model(cfg, N_USERS, N_ITEMS, FEAT).double().eval()
     gen = torch.Generator().manual_seed(4)
     model.set_item_graph(torch.stack([torch.arange(N_ITEMS)] + [torch.randint(0, N_ITEMS, (N_ITEMS,), generator=gen)
@@ -99,14 +99,31 @@ def test_mf_item_vector_adds_the_mean_id_row_of_the_neighbours():
     assert touched == {1} | set(model.knn_index[1].tolist())
 
 
+def test_input_mode_adds_the_neighbours_mean_to_the_layer0_id_part():
+    """``model.item_knn_at=input``: layer-0 item vectors = fusion ⊕ (ID row + neighbours' mean ID row); the
+    scorer's output gets nothing more."""
+    model = _model("mf", at="input")
+    feats = torch.randn(4, FEAT, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    items = torch.tensor([1, 8, 3, N_ITEMS + 2])
+    vecs = model.item_vectors(items, feats)
+    table = model.item_emb.weight
+    for row, item in enumerate(items.tolist()[:3]):
+        torch.testing.assert_close(vecs[row, 4:], table[item] + table[model.knn_index[item]].mean(0), **TOL)
+    torch.testing.assert_close(vecs[3, 4:], table.mean(0), **TOL)  # cold start: mean row, no neighbours
+    out = model.forward_blocks(None, torch.tensor([0, 1, 2, 3]), items, feats)
+    torch.testing.assert_close(out["item"], vecs, **TOL)
+
+
+@pytest.mark.parametrize("at", ["output", "input"])
 @pytest.mark.parametrize("scorer", ["mf", "gcn"])
-def test_blocks_path_equals_full_graph_and_inference(scorer, tmp_path):
-    model = _model(scorer)
+def test_blocks_path_equals_full_graph_and_inference(scorer, at, tmp_path):
+    model = _model(scorer, at)
     feats = np.random.default_rng(3).normal(size=(N_ITEMS, FEAT))
     g, all_feats = _graph(), torch.from_numpy(feats)
     full = model.forward_graph(g, all_feats, chunk_size=4)
-    plain = {"item": torch.zeros(N_ITEMS, 7, dtype=torch.float64)}
-    assert not torch.allclose(model.add_item_graph(plain, torch.arange(N_ITEMS))["item"], plain["item"])
+    plain = _model(scorer, at)
+    plain.knn_index.copy_(torch.zeros_like(plain.knn_index))  # every item's neighbours: item 0 only
+    assert not torch.allclose(plain.forward_graph(g, all_feats)["item"], full["item"])
     input_nodes, output_nodes, blocks = dgl.dataloading.NeighborSampler([-1, -1]).sample(
         g, {"user": torch.tensor([0, 2]), "item": torch.tensor([5, 1, 7])})
     if scorer == "mf":

@@ -62,7 +62,7 @@ class GCNHistory:
         device = model.user_emb.weight.device
         feats = {"user": model.user_emb.weight.detach(),
                  "item": torch.cat([fused.to(device=device, dtype=model.item_emb.weight.dtype),
-                                    model.item_emb.weight.detach()], dim=1)}
+                                    model.item_id_rows(torch.arange(model.num_items, device=device)).detach()], dim=1)}
         hidden = model.gcn.hidden_graph(graph, feats)
         tables = [{nt: h[nt].float().to(self.device).contiguous() for nt in NODE_TYPES} for h in hidden]
         if self.distributed and self.world_size > 1:

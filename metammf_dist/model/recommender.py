@@ -88,21 +88,33 @@ class MetaMMFRecommender(nn.Module):
             raise ValueError(f"set_item_graph: neighbour ids outside 0..{self.num_items - 1}")
         self.knn_index.copy_(index)
 
-    def item_graph_term(self, item_ids: torch.Tensor) -> torch.Tensor:
-        """``[n, D]``: zeros over the fusion part ⊕ the mean ID row of each item's k nearest items (the item–item
-        graph of ``model.item_knn``, one propagation step, as FREEDOM adds to its item vectors).  The neighbours'
-        ID rows get gradients.  Cold-start ids (≥ num_items) have no neighbours: zeros."""
+    def knn_mean(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """``[n, item_id_dim]``: the mean ID row of each item's k nearest items (``model.item_knn``; one step
+        of propagation over the item–item graph).  The neighbours' ID rows get gradients.  Cold-start ids
+        (≥ num_items) have no neighbours: zeros."""
         ids = item_ids.to(self.knn_index.device)
         known = ids < self.num_items
         neighbours = self.knn_index[torch.where(known, ids, torch.zeros_like(ids))]
-        rows = self.item_emb(neighbours).mean(1) * known.unsqueeze(1).to(self.item_emb.weight.dtype)
+        return self.item_emb(neighbours).mean(1) * known.unsqueeze(1).to(self.item_emb.weight.dtype)
+
+    def item_id_rows(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """The ID part of layer-0 item vectors: the ID row, plus ``knn_mean`` with ``model.item_knn_at=input``."""
+        rows = self.item_emb(item_ids.to(self.item_emb.weight.device))
+        if self.cfg.item_knn > 0 and self.cfg.item_knn_at == "input":
+            rows = rows + self.knn_mean(item_ids)
+        return rows
+
+    def item_graph_term(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """``[n, D]``: zeros over the fusion part ⊕ ``knn_mean`` (what ``model.item_knn_at=output`` adds to the
+        scorer's item vectors, as FREEDOM adds its item–item graph's output)."""
+        rows = self.knn_mean(item_ids)
         return torch.cat([rows.new_zeros(rows.shape[0], self.dim - rows.shape[1]), rows], dim=1)
 
     def add_item_graph(self, vectors: Dict[str, torch.Tensor], item_ids: torch.Tensor,
                        chunk_size: int = 1 << 16) -> Dict[str, torch.Tensor]:
         """``vectors`` with ``item_graph_term`` added to ``vectors["item"]`` (whose rows are the leading
-        ``item_ids``) when ``model.item_knn`` is on, ``chunk_size`` items at a time; unchanged otherwise."""
-        if not hasattr(self, "knn_index"):
+        ``item_ids``) when ``model.item_knn`` is on at the output, ``chunk_size`` items at a time; else unchanged."""
+        if self.cfg.item_knn <= 0 or self.cfg.item_knn_at != "output":
             return vectors
         ids = item_ids[: vectors["item"].shape[0]]
         terms = [self.item_graph_term(ids[lo:lo + chunk_size]) for lo in range(0, ids.shape[0], chunk_size)]
@@ -136,7 +148,7 @@ class MetaMMFRecommender(nn.Module):
         if n_rest:
             self.seed_fusion = fused.detach()  # the trainer pushes these exact rows into the fusion cache
             fused = torch.cat([fused, fused_rest.detach().to(device=fused.device, dtype=fused.dtype)])
-        return torch.cat([fused, self.item_emb(item_ids.to(weight.device))], dim=1)
+        return torch.cat([fused, self.item_id_rows(item_ids.to(weight.device))], dim=1)
 
     def user_vectors(self, user_ids: torch.Tensor) -> torch.Tensor:
         return self.user_emb(user_ids.to(self.user_emb.weight.device))
@@ -200,7 +212,7 @@ class MetaMMFRecommender(nn.Module):
         items = self.item_vectors(input_items[:n_item], input_item_feats)
         with torch.no_grad():
             rest_users = self.user_vectors(input_users[n_user:])
-            rest_ids = self.item_emb(input_items[n_item:].to(self.item_emb.weight.device))
+            rest_ids = self.item_id_rows(input_items[n_item:].to(self.item_emb.weight.device))
             rest_items = torch.cat([cached_fusion.to(device=rest_ids.device, dtype=rest_ids.dtype), rest_ids], dim=1)
         return self.gcn.forward_history(block, {"user": users, "item": items},
                                         {"user": rest_users, "item": rest_items}, history)
