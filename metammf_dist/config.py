@@ -41,6 +41,7 @@ class ModelConfig:
     gcn_layers: int = 2
     gcn_dropout: List[float] = field(default_factory=lambda: [0.5, 0.2])
     gcn_combine: str = "last"  # last | mean  (mean: average of layer-0..L representations)
+    gcn_type: str = "sage"  # sage: GraphSAGE-mean layers (paper) | light: LightGCN propagation (no weights)
     id_init_std: float = 0.1  # ID embeddings start ~ N(0, std²)
     item_knn: int = 0  # 0 = off; k > 0: item vectors add the mean ID row of the item's k nearest items by features
     item_knn_at: str = "output"  # output: added to the scorer's item vectors; input: to the layer-0 ID part (GCN input)
@@ -161,6 +162,7 @@ _CHOICES = {
     "model.gcn_combine": ("last", "mean"),
     "model.feature_norm": ("none", "standardize"),
     "model.item_knn_at": ("output", "input"),
+    "model.gcn_type": ("sage", "light"),
     "train.sampler": ("neighbor", "full"),
     "train.graph_backend": ("dgl", "torch"),
     "train.id_tables": ("dense", "sparse"),
@@ -211,6 +213,9 @@ def validate(cfg: Config) -> Config:
             f"2+ layers (got train.fusion_cache_refresh={cfg.train.fusion_cache_refresh}, "
             f"model.gcn_layers={cfg.model.gcn_layers}); set train.fusion_cache_refresh=K or gcn_history=false"
         )
+    if cfg.train.gcn_history and cfg.model.gcn_type != "sage":
+        raise ConfigError("config key 'train.gcn_history': layer histories are written for model.gcn_type=sage "
+                          f"(got {cfg.model.gcn_type!r})")
     if cfg.model.scorer == "gcn" and len(cfg.train.fanouts) != cfg.model.gcn_layers:
         raise ConfigError(
             f"config key 'train.fanouts': {len(cfg.train.fanouts)} fan-outs for model.gcn_layers={cfg.model.gcn_layers}"

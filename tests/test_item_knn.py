@@ -59,6 +59,11 @@ def test_feature_knn_rejects_bad_k(tmp_path):
         feature_knn(store, MODS, k=11)
     with pytest.raises(ConfigError, match="model.item_knn"):
         load_config("configs/tiktok.yaml", ["model.item_knn=-1"])
+    with pytest.raises(ConfigError, match="model.item_knn_at"):
+        load_config("configs/tiktok.yaml", ["model.item_knn_at=middle"])
+    with pytest.raises(ConfigError, match="gcn_type"):
+        load_config("configs/tiktok.yaml", ["model.gcn_type=light", "train.gcn_history=true",
+                                            "train.fusion_cache_refresh=5"])
 
 
 def _model(scorer: str, at: str = "output"):

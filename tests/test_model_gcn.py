@@ -122,3 +122,46 @@ def test_dropout_per_layer_and_train_mode():
     assert torch.equal(a["user"], b["user"])
     with pytest.raises(ValueError, match="2 blocks"):
         gcn(dgl.dataloading.NeighborSampler([-1, -1]).sample(g, {"user": torch.tensor([0])})[2], feats)
+
+
+def _inv_sqrt_degree(g):
+    return {"user": g.in_degrees(etype="iu").double().clamp(min=1).rsqrt(),
+            "item": g.in_degrees(etype="ui").double().clamp(min=1).rsqrt()}
+
+
+def test_light_gcn_is_the_symmetrically_normalised_propagation():
+    """``kind="light"`` (LightGCN): h_i' = Σ_u h_u / sqrt(d_i d_u) in both directions, no weights or activation;
+    checked against the dense normalised adjacency, layer by layer, with the layer-mean output."""
+    g = _toy_graph()
+    feats = _features(g)
+    gcn = GCN(DIM, num_layers=2, dropout=[0.0], combine="mean", kind="light").double().eval()
+    assert sum(p.numel() for p in gcn.parameters()) == 0
+    u, i = g.edges(etype="ui")
+    adj = torch.zeros(g.num_nodes("user"), g.num_nodes("item"), dtype=torch.float64)
+    adj[u, i] = 1.0
+    du, di = adj.sum(1).clamp(min=1), adj.sum(0).clamp(min=1)
+    norm = adj / du.sqrt().unsqueeze(1) / di.sqrt().unsqueeze(0)
+    hu, hi = feats["user"], feats["item"]
+    layers_u, layers_i = [hu], [hi]
+    for _ in range(2):
+        hu, hi = norm @ hi, norm.T @ hu
+        layers_u.append(hu)
+        layers_i.append(hi)
+    out = gcn.forward_graph(g, feats, _inv_sqrt_degree(g))
+    torch.testing.assert_close(out["user"], torch.stack(layers_u).mean(0), **TOL)
+    torch.testing.assert_close(out["item"], torch.stack(layers_i).mean(0), **TOL)
+    with pytest.raises(ValueError, match="degrees"):
+        gcn.forward_graph(g, feats)
+
+
+def test_light_gcn_blocks_with_full_fanout_equal_the_full_graph():
+    g = _toy_graph(seed=3)
+    feats = _features(g)
+    gcn = GCN(DIM, num_layers=2, dropout=[0.0], combine="mean", kind="light").double().eval()
+    degree = _inv_sqrt_degree(g)
+    full = gcn.forward_graph(g, feats, degree)
+    inputs, outputs, blocks = dgl.dataloading.NeighborSampler([-1, -1]).sample(
+        g, {"user": torch.tensor([0, 4]), "item": torch.tensor([2, 5, 1])})
+    out = gcn(blocks, {nt: feats[nt][inputs[nt]] for nt in inputs}, {nt: degree[nt][inputs[nt]] for nt in inputs})
+    for nt in ("user", "item"):
+        torch.testing.assert_close(out[nt], full[nt][outputs[nt]], **TOL)

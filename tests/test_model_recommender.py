@@ -75,10 +75,14 @@ def test_mf_scores_are_dot_products_and_blocks_select_dst_nodes():
         torch.testing.assert_close(out[nt], full[nt][output_nodes[nt]], **TOL)
 
 
-@pytest.mark.parametrize("combine", ["last", "mean"])
-def test_gcn_blocks_path_equals_full_graph(combine):
-    model = _model(scorer="gcn", gcn_combine=combine)
+@pytest.mark.parametrize("combine,gcn_type", [("last", "sage"), ("mean", "sage"), ("mean", "light")])
+def test_gcn_blocks_path_equals_full_graph(combine, gcn_type):
+    model = _model(scorer="gcn", gcn_combine=combine, gcn_type=gcn_type)
     g, all_feats = _graph(), _feats()
+    if gcn_type == "light":
+        u, i = g.edges(etype="ui")
+        model.set_degrees(u, i)
+        assert (model.item_inv_sqrt_deg < 1).any()  # real degrees, not the placeholder ones
     full = model.forward_graph(g, all_feats, chunk_size=4)
     torch.testing.assert_close(full["item"], model.forward_graph(g, all_feats, chunk_size=100)["item"], **TOL)
     input_nodes, output_nodes, blocks = dgl.dataloading.NeighborSampler([-1, -1]).sample(
@@ -89,14 +93,15 @@ def test_gcn_blocks_path_equals_full_graph(combine):
 
 
 @pytest.mark.parametrize("fusion", ["meta", "cp", "static"])
-@pytest.mark.parametrize("scorer", ["mf", "gcn"])
+@pytest.mark.parametrize("scorer", ["mf", "gcn", "light"])
 def test_parameter_counts_match_count_parameters(fusion, scorer):
-    cfg = _cfg(fusion=fusion, scorer=scorer, meta_hidden=5, gcn_layers=3)
+    gcn_type = "light" if scorer == "light" else "sage"
+    cfg = _cfg(fusion=fusion, scorer="mf" if scorer == "mf" else "gcn", gcn_type=gcn_type, meta_hidden=5, gcn_layers=3)
     model = build_model(cfg, N_USERS, N_ITEMS, FEAT)
     counts = parameter_counts(model)
     assert counts == count_parameters(cfg, N_USERS, N_ITEMS, FEAT)
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
-    assert (counts["meta_learner"] == 0) == (fusion == "static") and (counts["gcn"] == 0) == (scorer == "mf")
+    assert (counts["meta_learner"] == 0) == (fusion == "static") and (counts["gcn"] == 0) == (scorer != "gcn")
     assert "fusion_layers" in format_parameter_table(counts)
 
 

@@ -108,15 +108,20 @@ def test_cosine_rate_is_logged_and_resumed(synth_ds, tmp_path):
     assert rest == pytest.approx(rates[-len(rest):]) and len(rest) < len(rates)
 
 
-@pytest.mark.parametrize("id_tables", ["dense", "sparse"])
-def test_item_graph_trains_and_evaluates_from_its_checkpoint(synth_ds, tmp_path, id_tables):
-    """``model.item_knn``: the kNN index is built, trained with, saved, and restored by ``evaluate``."""
+@pytest.mark.parametrize("option,extra", [
+    ("model.item_knn=5", ["train.id_tables=dense"]),
+    ("model.item_knn=5", ["train.id_tables=sparse", "model.item_knn_at=input"]),
+    ("model.gcn_type=light", []),
+])
+def test_model_options_train_and_evaluate_from_their_checkpoint(synth_ds, tmp_path, option, extra):
+    """``model.item_knn`` (the kNN index) and ``model.gcn_type=light`` (the degree buffers): built from the data,
+    trained with, saved, and restored by ``evaluate`` to the same metrics; the option changes the model."""
     run = tmp_path / "run"
-    metrics = last_json(train(synth_ds, run, "model.item_knn=5", f"train.id_tables={id_tables}", epochs=1))
+    metrics = last_json(train(synth_ds, run, option, *extra, epochs=1))
     assert metrics["recall@20"] > 0
     assert close(last_json(run_cli("evaluate", str(run))), metrics, 1e-6)
-    plain = last_json(train(synth_ds, tmp_path / "plain", f"train.id_tables={id_tables}", epochs=1))
-    assert not close(plain, metrics, 1e-6)  # the graph term changes the model
+    plain = last_json(train(synth_ds, tmp_path / "plain", *extra, epochs=1))
+    assert not close(plain, metrics, 1e-6)
 
 
 @pytest.mark.multiproc

@@ -98,7 +98,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     item_in = torch.cat([fused, model.item_emb(torch.arange(ds.num_items))], dim=1)
     user_in = model.user_emb(torch.arange(ds.num_users))
-    out = model.gcn.forward_graph(trainer.graph, {"user": user_in, "item": item_in})
+    out = model.propagate_graph(trainer.graph, {"user": user_in, "item": item_in})
     gen = torch.Generator().manual_seed(0)
     u = torch.randint(0, ds.num_users, (cfg.train.batch_size,), generator=gen)
     i = torch.randint(0, ds.num_items, (cfg.train.batch_size,), generator=gen)

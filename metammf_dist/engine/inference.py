@@ -27,7 +27,7 @@ def compute_vectors(model, store, graph, num_users: int, num_items: int, item_ch
                              for lo in range(0, num_users, item_chunk)])
         out = {"user": user_in, "item": item_in}
         if getattr(model, "gcn", None) is not None:
-            out = model.gcn.forward_graph(graph.to(device), out)
+            out = model.propagate_graph(graph.to(device), out)
         out = model.add_item_graph(out, torch.arange(num_items, device=device), item_chunk)
         return out["user"], out["item"]
     finally:

@@ -61,6 +61,8 @@ class HorovodTrainer:
         self.model = build_model(cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim)
         if cfg.model.feature_norm == "standardize":
             self.model.set_feature_stats(*feature_moments(self.store))
+        if cfg.model.scorer == "gcn" and cfg.model.gcn_type == "light":
+            self.model.set_degrees(train_u, train_i)
         if cfg.model.item_knn > 0:
             self.model.set_item_graph(feature_knn(self.store, self.ds.modalities, cfg.model.item_knn))
         self.model.to(self.device)

@@ -154,18 +154,23 @@ class GCN(nn.Module):
         combine: str = "last",
         leaky_slope: float = 0.01,
         dgl_modules: Optional[bool] = None,
+        kind: str = "sage",
     ):
         """``dgl_modules``: build each layer from DGL's modules (True), from ``TorchHeteroSAGE`` (False), or
         from DGL's when it is installed (None).  Parameters are the same either way; only DGL-built layers
-        can run on DGL graphs."""
+        can run on DGL graphs.  ``kind="light"``: LightGCN propagation instead (see ``light_layer``)."""
         super().__init__()
         if num_layers <= 0:
             raise ValueError(f"GCN needs at least one layer, got {num_layers}")
         if combine not in ("last", "mean"):
             raise ValueError(f"GCN combine must be 'last' or 'mean', got {combine!r}")
-        self.dim, self.num_layers, self.combine = dim, num_layers, combine
+        if kind not in ("sage", "light"):
+            raise ValueError(f"GCN kind must be 'sage' or 'light', got {kind!r}")
+        self.dim, self.num_layers, self.combine, self.kind = dim, num_layers, combine, kind
         self.uses_dgl = dgl_available() if dgl_modules is None else bool(dgl_modules)
-        if self.uses_dgl:
+        if kind == "light":
+            make = nn.Identity  # no parameters: every layer is the same normalised propagation
+        elif self.uses_dgl:
             from dgl.nn import HeteroGraphConv, SAGEConv
 
             make = lambda: HeteroGraphConv(  # noqa: E731
@@ -177,17 +182,20 @@ class GCN(nn.Module):
         self.activation = nn.LeakyReLU(leaky_slope)
         self.fresh_hidden: List[Dict[str, torch.Tensor]] = []  # set by forward_history
 
-    def forward(self, blocks: Sequence, feats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def forward(self, blocks: Sequence, feats: Dict[str, torch.Tensor],
+                inv_sqrt_degree: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
         """Blocks (one per layer; DGL or torch ``Block``) + src features of ``blocks[0]`` -> features of
-        ``blocks[-1]``'s dst nodes."""
+        ``blocks[-1]``'s dst nodes.  ``inv_sqrt_degree`` (``kind="light"`` only): ``1/sqrt(train degree)`` of
+        ``blocks[0]``'s src nodes per type (every later block's nodes are a prefix of them)."""
         if len(blocks) != self.num_layers:
             raise ValueError(f"GCN has {self.num_layers} layers but got {len(blocks)} blocks")
-        return self._propagate(list(blocks), feats)
+        return self._propagate(list(blocks), feats, inv_sqrt_degree)
 
-    def forward_graph(self, g, feats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def forward_graph(self, g, feats: Dict[str, torch.Tensor],
+                      inv_sqrt_degree: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
         """Full-graph propagation: ``feats`` and the result cover every user and item node of ``g`` (a DGL
         graph or a ``BipartiteGraph``)."""
-        return self._propagate([g] * self.num_layers, feats)
+        return self._propagate([g] * self.num_layers, feats, inv_sqrt_degree)
 
     def forward_history(self, block, seeds: Dict[str, torch.Tensor], rest: Dict[str, torch.Tensor],
                         history: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
@@ -261,12 +269,32 @@ class GCN(nn.Module):
         raise TypeError(f"GCN built without DGL modules got a {type(graph).__name__}: use the torch graph "
                         "backend (train.graph_backend=torch) or build the GCN with DGL installed")
 
+    @staticmethod
+    def light_layer(graph, h: Dict[str, torch.Tensor], scale: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """LightGCN propagation, ``h_i' = Σ_{j ∈ N(i)} h_j / sqrt(d_i d_j)`` with ``d`` the train-graph degrees
+        (``scale = 1/sqrt(d)``), written as ``sqrt(d_i) · mean_{j ∈ N(i)} (h_j / sqrt(d_j))``: exact on a whole
+        graph, and on sampled blocks the mean over the sampled neighbours estimates it.  No weights."""
+        block = graph.full_block() if isinstance(graph, BipartiteGraph) else graph
+        out: Dict[str, torch.Tensor] = {}
+        for stype, etype, dtype in EDGE_TYPES:
+            src, dst = _block_edges(block, etype)
+            n_dst = block.num_dst_nodes(dtype)
+            x = h[stype] * scale[stype][: h[stype].shape[0]].unsqueeze(1)
+            total = _index_sum(x.new_zeros(n_dst, x.shape[1]), x, src, dst)
+            count = torch.bincount(dst, minlength=n_dst).clamp_(min=1).to(total.dtype)
+            out[dtype] = total / (count * scale[dtype][:n_dst]).unsqueeze(1)
+        return out
+
     def _combine(self, outputs: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
         if self.combine == "last":
             return outputs[-1]
         return {ntype: torch.stack([step[ntype] for step in outputs]).mean(0) for ntype in NODE_TYPES}
 
-    def _propagate(self, graphs: List, feats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def _propagate(self, graphs: List, feats: Dict[str, torch.Tensor],
+                   inv_sqrt_degree: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        light = self.kind == "light"
+        if light and inv_sqrt_degree is None:
+            raise ValueError("GCN kind 'light' needs the nodes' inverse square-root degrees")
         h = {ntype: feats[ntype] for ntype in NODE_TYPES}
         # Output nodes: the dst nodes of the last graph (all nodes for a whole graph).  With DGL blocks
         # they are a prefix of every earlier layer's nodes, so h^l of the outputs is h^l[:n_out].
@@ -276,8 +304,11 @@ class GCN(nn.Module):
         for index, (layer, graph) in enumerate(zip(self.layers, graphs)):
             # one dropout mask per node: HeteroGraphConv slices dst inputs from these same src inputs
             h = {ntype: self.dropouts[index](x) for ntype, x in h.items()}
-            h = self._layer(layer, graph, h)
-            if index < last:
+            if light:
+                h = self.light_layer(graph, h, inv_sqrt_degree)
+            else:
+                h = self._layer(layer, graph, h)
+            if index < last and not light:
                 h = {ntype: self.activation(x) for ntype, x in h.items()}
             history.append({ntype: h[ntype][: n_out[ntype]] for ntype in NODE_TYPES})
         return self._combine(history)

@@ -67,6 +67,9 @@ class MetaMMFRecommender(nn.Module):
         if cfg.feature_norm == "standardize":  # filled by set_feature_stats from the dataset
             self.register_buffer("feat_mean", torch.zeros(feat_dim))
             self.register_buffer("feat_std", torch.ones(feat_dim))
+        if cfg.scorer == "gcn" and cfg.gcn_type == "light":  # filled by set_degrees from the train graph
+            self.register_buffer("user_inv_sqrt_deg", torch.ones(num_users))
+            self.register_buffer("item_inv_sqrt_deg", torch.ones(num_items))
         if cfg.item_knn > 0:  # filled by set_item_graph from the dataset (until then: each item its own neighbour)
             self.register_buffer("knn_index", torch.arange(num_items).unsqueeze(1).repeat(1, cfg.item_knn))
 
@@ -87,6 +90,31 @@ class MetaMMFRecommender(nn.Module):
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_items):
             raise ValueError(f"set_item_graph: neighbour ids outside 0..{self.num_items - 1}")
         self.knn_index.copy_(index)
+
+    def set_degrees(self, train_users, train_items) -> None:
+        """Train-graph degrees for ``model.gcn_type=light`` (from the train interactions; degree 0 counts as 1)."""
+        if not hasattr(self, "user_inv_sqrt_deg"):
+            raise ValueError("set_degrees needs model.scorer=gcn and model.gcn_type=light")
+        for ids, buf, n in ((train_users, self.user_inv_sqrt_deg, self.num_users),
+                            (train_items, self.item_inv_sqrt_deg, self.num_items)):
+            degree = torch.bincount(torch.as_tensor(ids, dtype=torch.long), minlength=n)
+            if degree.numel() != n:
+                raise ValueError(f"set_degrees: ids up to {degree.numel() - 1} for {n} nodes")
+            buf.copy_(degree.clamp(min=1).to(buf.dtype).rsqrt())
+
+    def _inv_sqrt_degree(self, users: Optional[torch.Tensor] = None, items: Optional[torch.Tensor] = None):
+        """``{"user": ..., "item": ...}`` of the given nodes (all when None) for the light GCN, else None."""
+        if not hasattr(self, "user_inv_sqrt_deg"):
+            return None
+        u, i = self.user_inv_sqrt_deg, self.item_inv_sqrt_deg
+        return {"user": u if users is None else u[users.to(u.device)],
+                "item": i if items is None else i[items.to(i.device)]}
+
+    def propagate_graph(self, g, vectors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The GCN over the whole graph ``g`` from layer-0 ``vectors`` of every node (MF: unchanged)."""
+        if self.gcn is None:
+            return vectors
+        return self.gcn.forward_graph(g, vectors, self._inv_sqrt_degree())
 
     def knn_mean(self, item_ids: torch.Tensor) -> torch.Tensor:
         """``[n, item_id_dim]``: the mean ID row of each item's k nearest items (``model.item_knn``; one step
@@ -190,7 +218,7 @@ class MetaMMFRecommender(nn.Module):
         else:
             feats = {"user": self.user_vectors(input_users),
                      "item": self.item_vectors(input_items, input_item_feats, fused_rest=cached_fusion)}
-            vectors = self.gcn(blocks, feats)
+            vectors = self.gcn(blocks, feats, self._inv_sqrt_degree(input_users, input_items))
         # output items lead the inputs (MF: they are the inputs; DGL blocks: dst nodes are a prefix of src nodes)
         return self.add_item_graph(vectors, input_items)
 
@@ -233,8 +261,7 @@ class MetaMMFRecommender(nn.Module):
             ids = torch.arange(start, stop, device=device)
             parts.append(self.item_vectors(ids, item_feats_all[start:stop]))
         vectors = {"user": self.user_vectors(torch.arange(self.num_users, device=device)), "item": torch.cat(parts)}
-        if self.gcn is not None:
-            vectors = self.gcn.forward_graph(g, vectors)
+        vectors = self.propagate_graph(g, vectors)
         return self.add_item_graph(vectors, torch.arange(self.num_items, device=device), chunk_size)
 
     def forward(self, blocks, input_users, input_items, input_item_feats, cached_fusion=None,

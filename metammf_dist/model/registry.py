@@ -46,6 +46,7 @@ def _build_gcn(cfg: ModelConfig) -> Optional[nn.Module]:
         dropout=cfg.gcn_dropout,
         combine=cfg.gcn_combine,
         leaky_slope=cfg.leaky_slope,
+        kind=cfg.gcn_type,
     )
 
 

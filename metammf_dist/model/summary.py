@@ -57,7 +57,7 @@ def count_parameters(cfg: ModelConfig, num_users: int, num_items: int, feat_dim:
     )
     counts["item_id"] = num_items * cfg.item_id_dim
     counts["user_id"] = num_users * cfg.user_id_dim
-    if cfg.scorer == "gcn":
+    if cfg.scorer == "gcn" and cfg.gcn_type == "sage":  # LightGCN propagation has no parameters
         dim = cfg.user_id_dim
         # per layer, per direction: SAGEConv fc_self (D×D) + fc_neigh (D×D) + bias (D)
         counts["gcn"] = cfg.gcn_layers * 2 * (2 * dim * dim + dim)
