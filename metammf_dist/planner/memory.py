@@ -354,7 +354,8 @@ def _meta_weight_copies(cfg: Config, feat_dim: int) -> float:
 
 
 def _gcn_floats(cfg: Config, blocks: BlockSizes) -> Dict[str, object]:
-    """GraphSAGE (HeteroGraphConv of SAGEConv 'mean', sum aggregate) tensors kept for backward, in floats.
+    """GraphSAGE (HeteroGraphConv of SAGEConv 'mean', sum aggregate) tensors kept for backward, in floats
+    (also used for ``model.gcn_type=light``, whose scaled messages and sums are fewer: an upper bound).
 
     Per src node of a block: the dropout output and its byte mask.  Per dst node: the neighbour mean
     (fc_neigh's saved input) and the layer output, plus LeakyReLU's input between layers.  While a layer
@@ -390,7 +391,7 @@ def _param_layout(cfg: Config, workload: Workload, with_ids: bool = True) -> Dic
     if m.fusion != "static":
         hidden = workload.feat_dim if m.meta_hidden is None else m.meta_hidden
         tensors.append(workload.feat_dim * hidden)
-    if m.scorer == "gcn":
+    if m.scorer == "gcn" and m.gcn_type == "sage":  # LightGCN propagation has no weights
         tensors.append(m.user_id_dim * m.user_id_dim)
     # modules that ZeRO-3 gathers as a whole: each ID table, each fusion layer, the meta-learner's layers
     modules = list(ids) if with_ids else []
@@ -509,6 +510,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     add("feature-store cache", min(float(cfg.data.cache_mb) * 2**20, store_bytes), "persistent",
         note=f"min(data.cache_mb, store {store_bytes / 2**20:,.0f} MiB)")
 
+    if m.scorer == "gcn" and m.gcn_type == "light":
+        add("node degrees (model.gcn_type=light)", FLOAT * nodes, "persistent", dev, "1/sqrt(degree) per node")
     if m.item_knn > 0:
         add("item kNN index (model.item_knn)", INDEX * float(workload.num_items) * m.item_knn, "persistent", dev,
             note=f"{m.item_knn} int64 ids per item, a model buffer on every rank")
