@@ -170,12 +170,15 @@ def test_push_writes_seed_rows_last_rank_wins_and_fusion_cache(setup):
 
 
 def test_gcn_history_config_guard():
+    sage = "model.gcn_type=sage"  # histories are written for GraphSAGE layers (the TikTok config uses LightGCN)
     with pytest.raises(ConfigError, match="train.gcn_history"):
-        load_config("configs/tiktok.yaml", ["train.gcn_history=true"])  # no fusion cache
+        load_config("configs/tiktok.yaml", [sage, "train.gcn_history=true"])  # no fusion cache
     with pytest.raises(ConfigError, match="train.gcn_history"):
-        load_config("configs/tiktok.yaml", ["train.gcn_history=true", "train.fusion_cache_refresh=5",
+        load_config("configs/tiktok.yaml", [sage, "train.gcn_history=true", "train.fusion_cache_refresh=5",
                                             "model.gcn_layers=1", "train.fanouts=[10]", "model.gcn_dropout=[0.1]"])
-    cfg = load_config("configs/tiktok.yaml", ["train.gcn_history=true", "train.fusion_cache_refresh=5"])
+    with pytest.raises(ConfigError, match="model.gcn_type"):
+        load_config("configs/tiktok.yaml", ["train.gcn_history=true", "train.fusion_cache_refresh=5"])
+    cfg = load_config("configs/tiktok.yaml", [sage, "train.gcn_history=true", "train.fusion_cache_refresh=5"])
     assert cfg.train.gcn_history
 
 
@@ -183,7 +186,7 @@ def test_gcn_history_config_guard():
 def test_history_training_resumes_mid_epoch_like_a_straight_run(synth_ds, tmp_path):
     """2 ranks, ZeRO-3 (dense ID tables inside the engine: the ID modules run twice per forward), K = 3 steps;
     resumed at step 2 (module, optimizer, fusion cache and histories restored)."""
-    opts = ["train.fusion_cache_refresh=3", "train.gcn_history=true"]
+    opts = ["train.fusion_cache_refresh=3", "train.gcn_history=true", "model.gcn_type=sage"]
     straight, resumed, straight_run = straight_and_resumed(synth_ds, tmp_path, *opts)
     assert (straight_run / "checkpoints" / "epoch0001-step0000000" / "gcn_history.pt").exists()
     assert close(straight, resumed, 1e-6), (straight, resumed)
