@@ -13,8 +13,8 @@ from metammf_dist.data.item_knn import feature_knn
 from metammf_dist.engine.inference import compute_vectors
 from metammf_dist.model import build_model
 from sharding import FeatureStore, write_store
+from test_model_recommender import N_ITEMS, N_USERS, _graph  # the same toy user–item graph
 
-N_USERS, N_ITEMS = 6, 9
 MODS = {"image": 5, "audio": 3}
 FEAT = sum(MODS.values())
 TOL = dict(rtol=0.0, atol=1e-10)
@@ -75,15 +75,6 @@ def _model(scorer: str, at: str = "output"):
     model.set_item_graph(torch.stack([torch.arange(N_ITEMS)] + [torch.randint(0, N_ITEMS, (N_ITEMS,), generator=gen)
                                                                  for _ in range(2)], 1))
     return model
-
-
-def _graph():
-    gen = torch.Generator().manual_seed(2)
-    pairs = torch.unique(torch.stack([torch.randint(0, N_USERS, (20,), generator=gen),
-                                      torch.randint(0, N_ITEMS, (20,), generator=gen)], 1), dim=0)
-    u, i = pairs[:, 0], pairs[:, 1]
-    return dgl.heterograph({("user", "ui", "item"): (u, i), ("item", "iu", "user"): (i, u)},
-                           num_nodes_dict={"user": N_USERS, "item": N_ITEMS})
 
 
 def test_mf_item_vector_adds_the_mean_id_row_of_the_neighbours():
