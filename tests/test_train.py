@@ -108,19 +108,19 @@ def test_cosine_rate_is_logged_and_resumed(synth_ds, tmp_path):
     assert rest == pytest.approx(rates[-len(rest):]) and len(rest) < len(rates)
 
 
-@pytest.mark.parametrize("option,extra", [
-    ("model.item_knn=5", ["train.id_tables=dense"]),
-    ("model.item_knn=5", ["train.id_tables=sparse", "model.item_knn_at=input"]),
-    ("model.gcn_type=light", []),
+@pytest.mark.parametrize("option,without,extra", [
+    ("model.item_knn=5", "model.item_knn=0", ["train.id_tables=dense", "model.item_knn_at=output"]),
+    ("model.item_knn=5", "model.item_knn=0", ["train.id_tables=sparse", "model.item_knn_at=input"]),
+    ("model.gcn_type=light", "model.gcn_type=sage", ["model.item_knn=0"]),
 ])
-def test_model_options_train_and_evaluate_from_their_checkpoint(synth_ds, tmp_path, option, extra):
+def test_model_options_train_and_evaluate_from_their_checkpoint(synth_ds, tmp_path, option, without, extra):
     """``model.item_knn`` (the kNN index) and ``model.gcn_type=light`` (the degree buffers): built from the data,
     trained with, saved, and restored by ``evaluate`` to the same metrics; the option changes the model."""
     run = tmp_path / "run"
-    metrics = last_json(train(synth_ds, run, option, *extra, epochs=1))
+    metrics = last_json(train(synth_ds, run, *extra, option, epochs=1))
     assert metrics["recall@20"] > 0
     assert close(last_json(run_cli("evaluate", str(run))), metrics, 1e-6)
-    plain = last_json(train(synth_ds, tmp_path / "plain", *extra, epochs=1))
+    plain = last_json(train(synth_ds, tmp_path / "plain", *extra, without, epochs=1))
     assert not close(plain, metrics, 1e-6)
 
 

@@ -37,7 +37,8 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best"):
         state.update(load_id_weights(ckpt.root / tag / ID_TABLES_FILE))
     model = build_model(cfg.model, ds.num_users, ds.num_items, ds.feat_dim)
     own = model.state_dict()
-    for name, tensor in own.items():
+    params = {name for name, _ in model.named_parameters()}
+    for name, tensor in sorted(own.items(), key=lambda kv: kv[0] not in params):  # parameters first: clearer errors
         if name not in state:
             raise TrainingError(f"checkpoint {ckpt.root / tag}: parameter '{name}' missing (config/model mismatch)")
         if tuple(state[name].shape) != tuple(tensor.shape):

@@ -116,21 +116,31 @@ class MetaMMFRecommender(nn.Module):
             return vectors
         return self.gcn.forward_graph(g, vectors, self._inv_sqrt_degree())
 
+    def _knn_lookup(self, item_ids: torch.Tensor, own: bool):
+        """ONE lookup of the ID table for ``item_ids``' neighbours (and the items' own rows when ``own``):
+        -> (own rows or None, neighbours' mean ID row).  One call per use keeps ZeRO-3's gather/release hooks
+        simple: two back-to-back calls of the table in one forward gave wrong values under stage 3."""
+        ids = item_ids.to(self.knn_index.device)
+        known = ids < self.num_items
+        neighbours = self.knn_index[torch.where(known, ids, torch.zeros_like(ids))]
+        n, k = neighbours.shape
+        lookup = torch.cat([ids, neighbours.reshape(-1)]) if own else neighbours.reshape(-1)
+        rows = self.item_emb(lookup.to(self.item_emb.weight.device))
+        mean = rows[n if own else 0:].reshape(n, k, -1).mean(1) * known.unsqueeze(1).to(rows.dtype)
+        return (rows[:n] if own else None), mean
+
     def knn_mean(self, item_ids: torch.Tensor) -> torch.Tensor:
         """``[n, item_id_dim]``: the mean ID row of each item's k nearest items (``model.item_knn``; one step
         of propagation over the item–item graph).  The neighbours' ID rows get gradients.  Cold-start ids
         (≥ num_items) have no neighbours: zeros."""
-        ids = item_ids.to(self.knn_index.device)
-        known = ids < self.num_items
-        neighbours = self.knn_index[torch.where(known, ids, torch.zeros_like(ids))]
-        return self.item_emb(neighbours).mean(1) * known.unsqueeze(1).to(self.item_emb.weight.dtype)
+        return self._knn_lookup(item_ids, own=False)[1]
 
     def item_id_rows(self, item_ids: torch.Tensor) -> torch.Tensor:
         """The ID part of layer-0 item vectors: the ID row, plus ``knn_mean`` with ``model.item_knn_at=input``."""
-        rows = self.item_emb(item_ids.to(self.item_emb.weight.device))
         if self.cfg.item_knn > 0 and self.cfg.item_knn_at == "input":
-            rows = rows + self.knn_mean(item_ids)
-        return rows
+            own, mean = self._knn_lookup(item_ids, own=True)
+            return own + mean
+        return self.item_emb(item_ids.to(self.item_emb.weight.device))
 
     def item_graph_term(self, item_ids: torch.Tensor) -> torch.Tensor:
         """``[n, D]``: zeros over the fusion part ⊕ ``knn_mean`` (what ``model.item_knn_at=output`` adds to the
