@@ -135,6 +135,8 @@ def train_overrides(shape: Shape, data_path: str, run_dir: str, mode: str, cache
         f"data.path={data_path}", f"run_dir={run_dir}", f"data.cache_mb={store_mb(shape)}", "data.verify=false",
         f"model.fusion={shape.fusion}", f"model.fusion_dims={list(shape.fusion_dims)}",
         f"model.item_id_dim={shape.item_id_dim}", f"model.user_id_dim={shape.user_id_dim}", "model.scorer=gcn",
+        # the paper's model: GraphSAGE layers, no item kNN graph (configs/tiktok.yaml's TikTok tuning differs)
+        "model.gcn_type=sage", "model.item_knn=0",
         f"train.batch_size={shape.batch_size}", f"train.fanouts={list(shape.fanouts)}", f"train.sampler={sampler}",
         "train.num_workers=0", f"train.ds_config={REPO / 'configs' / 'ds' / 'zero0.json'}",
     ]

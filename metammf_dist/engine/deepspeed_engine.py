@@ -35,6 +35,11 @@ def load_ds_config(cfg: Config, info: DistInfo) -> dict:
             raise ConfigError(
                 f"DeepSpeed config {path}: key '{key}' is set from the experiment config (train.batch_size / train.lr); remove it"
             )
+    if zero_stage(ds) == 3 and cfg.model.scorer == "gcn" and cfg.model.gcn_type == "light":
+        # measured: 2-rank ZeRO-3 runs of the light GCN gave 3 different results in 8 identical runs, and an
+        # in-training evaluation that disagreed with the same checkpoint evaluated alone (stages 0 and 2: exact)
+        raise ConfigError(f"model.gcn_type=light is not supported with ZeRO stage 3 ({path}): its runs are not "
+                          "reproducible there; use model.gcn_type=sage or ZeRO stage 0-2")
     micro = cfg.train.batch_size // info.world_size
     if micro < 1:
         raise ConfigError(f"config key 'train.batch_size': {cfg.train.batch_size} is smaller than the world size {info.world_size}")
