@@ -36,7 +36,7 @@ from metammf_dist.engine.fusion_cache import FILE_NAME as FUSION_CACHE_FILE, Fus
 from metammf_dist.engine.gcn_history import FILE_NAME as GCN_HISTORY_FILE, GCNHistory
 from metammf_dist.engine.sparse_ids import FILE_NAME as ID_TABLES_FILE, SparseIdTables
 from metammf_dist.engine.inference import compute_vectors, split_csr
-from metammf_dist.engine.lr_schedule import lr_factor, set_lr
+from metammf_dist.engine.lr_schedule import scheduled_lr, set_lr
 from metammf_dist.engine.objective import BPRObjective
 from metammf_dist.engine.run_dir import RunDir
 from metammf_dist.errors import TrainingError
@@ -171,9 +171,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> None:
         cfg, info, st = self.cfg, self.info, self.state
         self.engine.train()
-        n_steps = self.batches.num_batches(epoch)
-        if cfg.train.max_steps_per_epoch:
-            n_steps = min(n_steps, cfg.train.max_steps_per_epoch)
+        n_steps = self._steps_per_epoch(epoch)
         bar = _progress(info, n_steps, f"epoch {epoch}")
         window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
         if bar is not None:
@@ -234,12 +232,12 @@ class Trainer:
         loss = self.engine(batch)
         self._check_finite(loss, epoch, batch.step)
         self.engine.backward(loss)
-        factor = self._lr_factor()
-        self.last_lr = self.cfg.train.lr * factor
+        t, step, per_epoch = self.cfg.train, self.state.global_step, self._steps_per_epoch()
+        self.last_lr = scheduled_lr(t, step, per_epoch)
         set_lr(self.engine.optimizer.param_groups, self.last_lr)
         self.engine.step()
         if self.id_tables is not None:
-            self.id_tables.lr = (self.cfg.train.id_lr or self.cfg.train.lr) * factor
+            self.id_tables.lr = scheduled_lr(t, step, per_epoch, base_lr=t.id_lr)
             self.id_tables.step()
         # the seeds' fresh vectors (computed before this step's update) go back into the cache / histories
         if self.gcn_history is not None:
@@ -249,13 +247,11 @@ class Trainer:
             self.fusion_cache.push(batch.output_items, self.model.seed_fusion)
         return loss, batch
 
-    def _lr_factor(self) -> float:
-        """``train.lr_schedule`` at this step (``state.global_step`` counts the steps already taken)."""
-        t = self.cfg.train
-        per_epoch = self.batches.num_batches(0)
-        if t.max_steps_per_epoch:
-            per_epoch = min(per_epoch, t.max_steps_per_epoch)
-        return lr_factor(t.lr_schedule, self.state.global_step, t.epochs * per_epoch, t.lr_min_ratio)
+    def _steps_per_epoch(self, epoch: int = 0) -> int:
+        """Steps an epoch takes (``train.max_steps_per_epoch`` caps it; the unit of ``train.lr_schedule``)."""
+        per_epoch = self.batches.num_batches(epoch)
+        cap = self.cfg.train.max_steps_per_epoch
+        return min(per_epoch, cap) if cap else per_epoch
 
     def _use_fusion_cache(self, batch) -> None:
         """Seed items keep exact fusion (their features are in ``batch.item_feats``); the other input items

@@ -23,6 +23,13 @@ def lr_factor(schedule: str, step: int, total_steps: int, min_ratio: float = 0.0
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def scheduled_lr(train_cfg, step: int, steps_per_epoch: int, base_lr: float = 0.0) -> float:
+    """The rate at 0-based global ``step`` of a run of ``train_cfg.epochs`` epochs of ``steps_per_epoch`` steps:
+    ``base_lr`` (default ``train_cfg.lr``) times ``lr_factor``."""
+    factor = lr_factor(train_cfg.lr_schedule, step, train_cfg.epochs * steps_per_epoch, train_cfg.lr_min_ratio)
+    return (base_lr or train_cfg.lr) * factor
+
+
 def set_lr(param_groups, lr: float) -> None:
     for group in param_groups:
         group["lr"] = lr

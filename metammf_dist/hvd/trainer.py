@@ -22,7 +22,7 @@ from metammf_dist.data.dataset import Dataset
 from metammf_dist.data.feature_stats import feature_moments
 from metammf_dist.data.item_knn import feature_knn
 from metammf_dist.engine.inference import compute_vectors, split_csr
-from metammf_dist.engine.lr_schedule import lr_factor, set_lr
+from metammf_dist.engine.lr_schedule import scheduled_lr, set_lr
 from metammf_dist.engine.objective import BPRObjective
 from metammf_dist.evaluation.ranking import evaluate_full_ranking
 from metammf_dist.model.registry import build_model
@@ -146,8 +146,7 @@ class HorovodTrainer:
             self.optimizer.zero_grad()
             loss = self.objective(batch)
             loss.backward()
-            set_lr(self.optimizer.param_groups, cfg.train.lr * lr_factor(
-                cfg.train.lr_schedule, epoch * n_steps + batch.step, cfg.train.epochs * n_steps, cfg.train.lr_min_ratio))
+            set_lr(self.optimizer.param_groups, scheduled_lr(cfg.train, epoch * n_steps + batch.step, n_steps))
             self.optimizer.step()
             total, steps = total + float(loss.detach()), steps + 1
         return float(self.hvd.allreduce(torch.tensor(total / max(steps, 1)), name="epoch_loss"))

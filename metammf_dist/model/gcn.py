@@ -76,6 +76,13 @@ def _index_sum(total: torch.Tensor, x: torch.Tensor, src: torch.Tensor, dst: tor
     return total
 
 
+def neighbour_mean(x_src: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n_dst: int) -> torch.Tensor:
+    """``[n_dst, D]``: the mean of ``x_src`` rows over each dst node's in-edges (zero without in-edges)."""
+    total = _index_sum(x_src.new_zeros(n_dst, x_src.shape[1]), x_src, src, dst)
+    degree = torch.bincount(dst, minlength=n_dst).clamp_(min=1).to(total.dtype)
+    return total / degree.unsqueeze(1)
+
+
 def sage_mean(conv: nn.Module, x_src: torch.Tensor, x_dst: torch.Tensor, src: torch.Tensor,
               dst: torch.Tensor) -> torch.Tensor:
     """GraphSAGE-mean of one edge type: ``fc_self(x_dst) + fc_neigh(mean of x_src over in-edges)``.
@@ -84,12 +91,8 @@ def sage_mean(conv: nn.Module, x_src: torch.Tensor, x_dst: torch.Tensor, src: to
     ``SAGEMean``.  Zero in-degree -> zero neighbour mean.  As DGL does, the neighbour projection runs
     before aggregation when it shrinks the width.
     """
-    n_dst = x_dst.shape[0]
     lin_before = conv.fc_neigh.in_features > conv.fc_neigh.out_features
-    x_msg = conv.fc_neigh(x_src) if lin_before else x_src
-    total = _index_sum(x_msg.new_zeros(n_dst, x_msg.shape[1]), x_msg, src, dst)
-    degree = torch.bincount(dst, minlength=n_dst).clamp_(min=1).to(total.dtype)
-    neigh = total / degree.unsqueeze(1)
+    neigh = neighbour_mean(conv.fc_neigh(x_src) if lin_before else x_src, src, dst, x_dst.shape[0])
     if not lin_before:
         neigh = conv.fc_neigh(neigh)
     return conv.fc_self(x_dst) + neigh
@@ -280,9 +283,7 @@ class GCN(nn.Module):
             src, dst = _block_edges(block, etype)
             n_dst = block.num_dst_nodes(dtype)
             x = h[stype] * scale[stype][: h[stype].shape[0]].unsqueeze(1)
-            total = _index_sum(x.new_zeros(n_dst, x.shape[1]), x, src, dst)
-            count = torch.bincount(dst, minlength=n_dst).clamp_(min=1).to(total.dtype)
-            out[dtype] = total / (count * scale[dtype][:n_dst]).unsqueeze(1)
+            out[dtype] = neighbour_mean(x, src, dst, n_dst) / scale[dtype][:n_dst].unsqueeze(1)
         return out
 
     def _combine(self, outputs: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
