@@ -1,3 +1,3 @@
-from metammf_dist.cli import main
+from metammf_dist.cli import entry
 
-raise SystemExit(main())
+entry()

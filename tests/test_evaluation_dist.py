@@ -5,7 +5,10 @@ save their result dicts, which the parent compares (exact equality) with a plain
 Cases: random integer vectors (heavy ties) with several chunk sizes -- including one chunk only,
 so rank 1 has no work -- an explicit process group, and popularity on the real TikTok test split.
 """
-import socket
+import faulthandler
+import os
+import signal
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -58,40 +61,39 @@ def run_cases(group=None):
     return results
 
 
-def worker(rank, port, out_dir):
+def worker(rank, out_dir):
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the parent asks for stacks if this rank hangs
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    # A file store: no TCP port to pick, so no race with whatever else grabs ports on the CI machine.
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank,
                             world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
     default_group = run_cases()
     group = dist.new_group(ranks=list(range(WORLD_SIZE)))
     explicit_group = run_cases(group=group)
     torch.save({"default": default_group, "explicit": explicit_group}, Path(out_dir) / f"rank{rank}.pt")
-    # Orderly gloo teardown: without the barrier and the explicit sub-group destroy, a rank
-    # intermittently hung at exit (seen ~1 run in 3 under load).
+    # No rank leaves while the other still needs it; then exit without tearing gloo down.  Like the
+    # trainer (engine.dist.shutdown), the group is not destroyed: gloo's destroy_process_group and
+    # interpreter shutdown intermittently block for good (pytorch/pytorch#75097; a CI run hung here).
     dist.barrier()
-    dist.destroy_process_group(group)
-    del group
-    dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_two_ranks_match_one_rank_exactly(tmp_path):
     ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=worker, args=(r, port, str(tmp_path))) for r in range(WORLD_SIZE)]
+    procs = [ctx.Process(target=worker, args=(r, str(tmp_path))) for r in range(WORLD_SIZE)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + JOIN_TIMEOUT_S
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()))
     hung = [p for p in procs if p.is_alive()]
+    for p in hung:  # Python stacks of every thread to stderr (shown with the failure), one rank at a time
+        os.kill(p.pid, signal.SIGUSR1)
+        time.sleep(1)
     for p in hung:
         p.terminate()
         p.join(10)
