@@ -277,3 +277,18 @@ def test_popularity_score_fn_is_the_train_count_row(tiktok):
     assert scores.shape == (2, num_items) and torch.equal(scores[0], pop) and torch.equal(scores[1], pop)
     scores[0, 0] = -1.0  # a fresh tensor: filling exclusions must not corrupt the counts
     assert pop[0].item() >= 0
+
+
+def test_read_only_ids_are_copied_not_shared():
+    """Ids from read-only buffers (Arrow/pandas hand those out) are copied: torch would otherwise wrap memory
+    it must not write, with a UserWarning; the CSR is the same as from a writable copy."""
+    import warnings
+
+    users, items = np.array([2, 0, 2, 1]), np.array([5, 3, 1, 4])
+    ro_users, ro_items = users.copy(), items.copy()
+    ro_users.flags.writeable = ro_items.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        csr = build_csr(ro_users, ro_items, 3)
+    want = build_csr(users, items, 3)
+    assert torch.equal(csr.indptr, want.indptr) and torch.equal(csr.indices, want.indices)

@@ -77,7 +77,11 @@ class CSR:
 
 def as_id_tensor(x, name: str) -> torch.Tensor:
     """Flat int64 CPU tensor from integer ids (numpy, torch or list); float/bool ids are an error."""
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if not isinstance(x, torch.Tensor):
+        x = np.asarray(x)
+        if not x.flags.writeable:  # read-only (e.g. Arrow-backed) ids: torch must not share that memory
+            x = x.copy()
+    t = torch.as_tensor(x)
     if t.numel() == 0:
         return torch.zeros(0, dtype=torch.int64)
     if t.dtype.is_floating_point or t.dtype == torch.bool:
