@@ -16,7 +16,7 @@ from metammf_dist.model import build_model
 from metammf_dist.sampler import build_train_graph, make_batches
 from metammf_dist.sampler.features import attach_features
 
-from test_train import close, last_json, resumed_like_straight, train
+from test_train import close, last_json, straight_and_resumed, train
 
 N_USERS, N_ITEMS, FEAT = 120, 400, 10
 TOL = dict(rtol=0.0, atol=1e-10)
@@ -155,8 +155,9 @@ def test_cached_training_resumes_mid_epoch_like_a_straight_run(synth_ds, tmp_pat
     """2 ranks, ZeRO-3 (refresh inside gathered parameters, all-reduced), K = 3 steps, sparse ID tables, resumed
     at step 2 (module, optimizer, ID tables and fusion cache all restored)."""
     cache = ["train.fusion_cache_refresh=3", "train.id_tables=sparse"]
-    straight, resumed, straight_run = resumed_like_straight(synth_ds, tmp_path, *cache)
+    straight, resumed, straight_run = straight_and_resumed(synth_ds, tmp_path, *cache)
     assert (straight_run / "checkpoints" / "epoch0001-step0000000" / "fusion_cache.pt").exists()
+    assert close(straight, resumed, 1e-6), (straight, resumed)
     # and the cache did change the run: without it the same schedule ends elsewhere
     plain = last_json(train(synth_ds, tmp_path / "c", nproc=2, stage=3, epochs=1))
     assert not close(straight, plain, 1e-6), (straight, plain)

@@ -19,7 +19,7 @@ from metammf_dist.sampler import build_train_graph, make_batches
 from metammf_dist.sampler.features import attach_features
 from metammf_dist.sampler.torch_neighbor import TorchNeighborSampler
 
-from test_train import resumed_like_straight
+from test_train import close, straight_and_resumed
 
 N_USERS, N_ITEMS, FEAT = 90, 150, 10
 
@@ -187,8 +187,9 @@ def test_history_training_resumes_mid_epoch_like_a_straight_run(synth_ds, tmp_pa
     """2 ranks, ZeRO-3 (dense ID tables inside the engine: the ID modules run twice per forward), K = 3 steps;
     resumed at step 2 (module, optimizer, fusion cache and histories restored)."""
     opts = ["train.fusion_cache_refresh=3", "train.gcn_history=true", "model.gcn_type=sage"]
-    straight, resumed, straight_run = resumed_like_straight(synth_ds, tmp_path, *opts)
+    straight, resumed, straight_run = straight_and_resumed(synth_ds, tmp_path, *opts)
     assert (straight_run / "checkpoints" / "epoch0001-step0000000" / "gcn_history.pt").exists()
+    assert close(straight, resumed, 1e-6), (straight, resumed)
     assert straight["recall@20"] > 0
 
 

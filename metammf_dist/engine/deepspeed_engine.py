@@ -37,11 +37,6 @@ def load_ds_config(cfg: Config, info: DistInfo) -> dict:
             raise ConfigError(
                 f"DeepSpeed config {path}: key '{key}' is set from the experiment config (train.batch_size / train.lr); remove it"
             )
-    if zero_stage(ds) == 3 and cfg.model.scorer == "gcn" and cfg.model.gcn_type == "light":
-        # measured: 2-rank ZeRO-3 runs of the light GCN gave 3 different results in 8 identical runs, and an
-        # in-training evaluation that disagreed with the same checkpoint evaluated alone (stages 0 and 2: exact)
-        raise ConfigError(f"model.gcn_type=light is not supported with ZeRO stage 3 ({path}): its runs are not "
-                          "reproducible there; use model.gcn_type=sage or ZeRO stage 0-2")
     micro = cfg.train.batch_size // info.world_size
     if micro < 1:
         raise ConfigError(f"config key 'train.batch_size': {cfg.train.batch_size} is smaller than the world size {info.world_size}")
@@ -59,6 +54,8 @@ def build_engine(module: torch.nn.Module, cfg: Config, ds_config: dict, info: Di
     """``deepspeed.initialize`` with a client Adam; returns the engine (``engine(batch)`` -> loss)."""
     import deepspeed
 
+    if info.backend == "gloo":
+        complete_async_all_gathers()
     module.to(info.device)
     optimizer = torch.optim.Adam(module.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
@@ -118,3 +115,32 @@ def replicate(model: torch.nn.Module, build: Callable[[], torch.nn.Module]) -> t
         raise RuntimeError(f"replicate: {left} have no counterpart in the trained model")
     replica.train(model.training)
     return replica
+
+
+def complete_async_all_gathers() -> None:
+    """Make DeepSpeed's asynchronous all-gathers complete before they return (for gloo; idempotent).
+
+    ZeRO-3's ``_allgather_params_coalesced`` (used after every optimizer step to re-gather the persistent
+    parameters, and by ``GatheredParameters``) launches one asynchronous all-gather per parameter into
+    ``torch.empty`` buffers and waits on the LAST handle only ("the operation is enqueued, but not necessarily
+    complete"), which is enough on one CUDA stream, where they finish in order.  Gloo runs its asynchronous
+    work on a pool of threads, so the earlier gathers can still be running when the next forward reads
+    those parameters: that was the "one bad update at a random step" of 2-rank ZeRO-3 runs on CPU (a jump
+    in the loss, sometimes NaN; about 1 run in 10 here).  Waiting on each handle as it is launched costs the
+    overlap that gloo could not give reliably anyway.
+    """
+    import deepspeed.comm as ds_comm
+
+    for name in ("all_gather_into_tensor", "all_gather"):
+        original = getattr(ds_comm, name)
+        if getattr(original, "_waits_for_completion", False):
+            continue
+
+        def waiting(*args, _original=original, **kwargs):
+            handle = _original(*args, **kwargs)
+            if kwargs.get("async_op") and handle is not None:
+                handle.wait()
+            return handle
+
+        waiting._waits_for_completion = True
+        setattr(ds_comm, name, waiting)

@@ -30,7 +30,7 @@ from metammf_dist.data.dataset import Dataset
 from metammf_dist.data.feature_stats import feature_moments
 from metammf_dist.data.item_knn import feature_knn
 from metammf_dist.engine.checkpoint import Checkpoints, tag_for
-from metammf_dist.engine.deepspeed_engine import build_engine, gathered_model, load_ds_config, zero_stage
+from metammf_dist.engine.deepspeed_engine import build_engine, gathered_model, load_ds_config
 from metammf_dist.engine.dist import DistInfo, init_distributed, log_main
 from metammf_dist.engine.fusion_cache import FILE_NAME as FUSION_CACHE_FILE, FusionCache
 from metammf_dist.engine.gcn_history import FILE_NAME as GCN_HISTORY_FILE, GCNHistory
@@ -92,9 +92,6 @@ class Trainer:
                                             distributed=self.info.distributed, world_size=self.info.world_size)
             self.id_tables.to(self.info.device)
         self.ds_config = load_ds_config(cfg, self.info)
-        if zero_stage(self.ds_config) == 3 and self.info.device.type == "cpu" and self.info.world_size > 1:
-            log_main(self.info, "warning: ZeRO-3 on CPU (gloo): about 1 in 10 two-rank runs here took one bad update "
-                                "at a random step and ended elsewhere (README, Known issues); stages 0-2 are exact")
         self.engine = build_engine(BPRObjective(self.model), cfg, self.ds_config, self.info)
         self.batches = make_batches(
             sampler_kind(cfg), self.graph, fanouts=sampled_fanouts(cfg), batch_size=cfg.train.batch_size,
