@@ -16,6 +16,7 @@ LATEST_TESTS=(
   tests/test_train.py
   tests/test_evaluation.py
   tests/test_evaluation_dist.py
+  tests/test_gloo_all_gathers.py
   tests/test_model_fusion.py
   tests/test_sharding.py
   tests/test_data_import.py

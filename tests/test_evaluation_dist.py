@@ -5,12 +5,6 @@ save their result dicts, which the parent compares (exact equality) with a plain
 Cases: random integer vectors (heavy ties) with several chunk sizes -- including one chunk only,
 so rank 1 has no work -- an explicit process group, and popularity on the real TikTok test split.
 """
-import faulthandler
-import os
-import signal
-import sys
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +12,9 @@ import pandas as pd
 import pytest
 
 from conftest import SHARED_DATA
+from gloo_ranks import init_rank, leave, run_ranks
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from metammf_dist.evaluation import build_csr, evaluate_full_ranking, evaluate_popularity, merge_csr
 
@@ -62,43 +56,19 @@ def run_cases(group=None):
 
 
 def worker(rank, out_dir):
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the parent asks for stacks if this rank hangs
     torch.set_num_threads(1)
-    # A file store: no TCP port to pick, so no race with whatever else grabs ports on the CI machine.
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank,
-                            world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
+    init_rank(rank, WORLD_SIZE, out_dir)
     default_group = run_cases()
     group = dist.new_group(ranks=list(range(WORLD_SIZE)))
     explicit_group = run_cases(group=group)
     torch.save({"default": default_group, "explicit": explicit_group}, Path(out_dir) / f"rank{rank}.pt")
-    # No rank leaves while the other still needs it; then exit without tearing gloo down.  Like the
-    # trainer (engine.dist.shutdown), the group is not destroyed: gloo's destroy_process_group and
-    # interpreter shutdown intermittently block for good (pytorch/pytorch#75097; a CI run hung here).
-    dist.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave()
 
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_two_ranks_match_one_rank_exactly(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=worker, args=(r, str(tmp_path))) for r in range(WORLD_SIZE)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:  # Python stacks of every thread to stderr (shown with the failure), one rank at a time
-        os.kill(p.pid, signal.SIGUSR1)
-        time.sleep(1)
-    for p in hung:
-        p.terminate()
-        p.join(10)
-    assert not hung, f"{len(hung)} rank(s) hung past {JOIN_TIMEOUT_S}s"
-    assert [p.exitcode for p in procs] == [0] * WORLD_SIZE
+    run_ranks(worker, str(tmp_path), WORLD_SIZE, JOIN_TIMEOUT_S)
 
     expected = run_cases()  # this process is not distributed: plain 1-rank evaluation
     assert expected[-1]["num_users"] == 6130 and round(expected[-1]["recall@20"], 4) == 0.0597

@@ -8,15 +8,12 @@ forward then read half-written parameters (2-rank ZeRO-3 runs diverged at a rand
 Two real gloo processes; each launches DeepSpeed-style gather batches through ``deepspeed.comm`` and
 checks every handle is complete at once and every output right.
 """
-import os
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from gloo_ranks import init_rank, leave, run_ranks
 
 WORLD_SIZE = 2
 JOIN_TIMEOUT_S = 120
@@ -25,7 +22,7 @@ SIZES = [4800, 1600] + [16] * 22  # the small test model's persistent parameters
 
 def worker(rank, out_dir):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=WORLD_SIZE)
+    init_rank(rank, WORLD_SIZE, out_dir)
     import deepspeed
     import deepspeed.comm as ds_comm
 
@@ -53,26 +50,13 @@ def worker(rank, out_dir):
     unfinished += not handle.is_completed()
     wrong += not all(torch.equal(t, torch.full((3,), float(r))) for r, t in enumerate(lists))
     Path(out_dir, f"rank{rank}.txt").write_text(f"{unfinished} {wrong}")
-    dist.barrier()
-    sys.stdout.flush()
-    os._exit(0)  # no gloo teardown (see test_evaluation_dist)
+    leave()
 
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_deepspeed_async_all_gathers_are_complete_on_return(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=worker, args=(r, str(tmp_path))) for r in range(WORLD_SIZE)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.terminate()
-        p.join(10)
-    assert not hung and [p.exitcode for p in procs] == [0] * WORLD_SIZE
+    run_ranks(worker, str(tmp_path), WORLD_SIZE, JOIN_TIMEOUT_S)
     for rank in range(WORLD_SIZE):
         unfinished, wrong = (tmp_path / f"rank{rank}.txt").read_text().split()
         assert (int(unfinished), int(wrong)) == (0, 0), f"rank {rank}: {unfinished} handles unfinished, {wrong} wrong"
