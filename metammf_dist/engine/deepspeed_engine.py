@@ -127,7 +127,8 @@ def complete_async_all_gathers() -> None:
     work on a pool of threads, so the earlier gathers can still be running when the next forward reads
     those parameters: that was the "one bad update at a random step" of 2-rank ZeRO-3 runs on CPU (a jump
     in the loss, sometimes NaN; about 1 run in 10 here).  Waiting on each handle as it is launched costs the
-    overlap that gloo could not give reliably anyway.
+    overlap that gloo could not give reliably anyway.  Fixed upstream in deepspeedai/DeepSpeed#8539 (0.19.8
+    waits on every handle); the DGL lane's DeepSpeed 0.18.2 predates it.
     """
     import deepspeed.comm as ds_comm
 
