@@ -80,11 +80,12 @@ def gathered_model(engine, model: torch.nn.Module, build: Callable[[], torch.nn.
 
     Below ZeRO-3 that is ``model`` itself.  Under ZeRO-3 the parameters are gathered and handed to a replica
     that ``build`` makes on the meta device (no allocation) and that takes over the gathered tensors (shared
-    storage, no copy); the replica carries none of stage 3's per-module fetch/release hooks.  Calling
-    ``model``'s own submodules inside ``GatheredParameters`` ran those hooks, and the in-training
-    evaluation then sometimes disagreed with the same checkpoint evaluated alone (1 of 13 2-rank runs here,
-    training losses identical).  The replica must not outlive the block: the gathered tensors are freed
-    when it ends.
+    storage, no copy); the replica carries none of stage 3's per-module fetch/release hooks, so a no-grad
+    pass over the gathered weights runs no per-module gathers or releases.  (An in-training evaluation had
+    once disagreed with the same checkpoint evaluated alone, 1 of 13 2-rank runs; that was before
+    ``complete_async_all_gathers``, and ``GatheredParameters`` goes through the same unfinished gathers, so
+    that bug may have been its cause too.)  The replica must not outlive the block: the gathered tensors
+    are freed when it ends.
     """
     if engine.zero_optimization_stage() != 3:
         yield model

@@ -60,7 +60,7 @@ class FusionCache:
     def refresh(self, model, store, global_step: int) -> None:
         """Collective: recompute every item's fusion output (``model.fuse``) with the current weights.
 
-        Under ZeRO-3 call it inside ``gathered_parameters(engine)``."""
+        Under ZeRO-3 pass the module ``gathered_model(engine, ...)`` yields."""
         out = torch.zeros(self.num_items, self.dim, dtype=torch.float32, device=self.device)
         n_chunks = -(-self.num_items // self.chunk)
         # every rank makes the same number of fusion calls (an empty one when it has no chunk left): under

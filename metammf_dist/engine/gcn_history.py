@@ -57,8 +57,8 @@ class GCNHistory:
     def refresh(self, model, fused: torch.Tensor, graph, global_step: int) -> None:
         """Recompute every table over the whole train ``graph`` from the fusion snapshot ``fused``
         (``[num_items, F]``) and the current ID tables.  Collective when distributed: every rank runs the
-        same module calls (ZeRO-3's hooks must line up across ranks), then rank 0's result is broadcast, so
-        the tables are bit-identical.  Under ZeRO-3 call it inside ``gathered_parameters(engine)``."""
+        same module calls, then rank 0's result is broadcast, so the tables are bit-identical.  Under ZeRO-3
+        pass the module ``gathered_model(engine, ...)`` yields."""
         device = model.user_emb.weight.device
         feats = {"user": model.user_emb.weight.detach(),
                  "item": torch.cat([fused.to(device=device, dtype=model.item_emb.weight.dtype),

@@ -118,8 +118,9 @@ class MetaMMFRecommender(nn.Module):
 
     def _knn_lookup(self, item_ids: torch.Tensor, own: bool):
         """ONE lookup of the ID table for ``item_ids``' neighbours (and the items' own rows when ``own``):
-        -> (own rows or None, neighbours' mean ID row).  One call per use keeps ZeRO-3's gather/release hooks
-        simple: two back-to-back calls of the table in one forward gave wrong values under stage 3."""
+        -> (own rows or None, neighbours' mean ID row).  One call of the table per use: one gather under ZeRO-3.
+        (Two back-to-back calls had given wrong values at stage 3 on CPU, before ``complete_async_all_gathers``
+        fixed DeepSpeed's unfinished gloo all-gathers, their likely cause.)"""
         ids = item_ids.to(self.knn_index.device)
         known = ids < self.num_items
         neighbours = self.knn_index[torch.where(known, ids, torch.zeros_like(ids))]
