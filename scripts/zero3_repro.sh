@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproducibility of 2-rank runs (README, "ZeRO-3 on CPU"): N identical 2-rank trainings of the TikTok config
 # with the small test model on a 300 x 200 synthetic catalog; prints, per run, a hash of its per-step training
-# losses and its test NDCG@10, then how many distinct results there were (1 = reproducible).
+# losses, its in-training test NDCG@10 and that of `evaluate` on its checkpoint (one process, no engine), then
+# how many distinct results there were (1 = reproducible) and how many runs' two NDCG@10 values differ.
 #   bash scripts/zero3_repro.sh [N] [STAGE] [key=value ...]     (default 16 runs at ZeRO stage 3; ~15 s a run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,9 @@ for i in $(seq 1 "$N"); do
     > "$run.out" 2> "$run.err" || true
   losses=$(grep ',train,' "$run/metrics.csv" 2>/dev/null | cut -d, -f3,5 | md5sum | cut -c1-8)
   ndcg=$(tail -1 "$run.out" | $PY -c "import json,sys; print(json.loads(sys.stdin.read())['ndcg@10'])" 2>/dev/null || echo failed)
-  echo "run $i losses $losses ndcg@10 $ndcg" | tee -a "$OUT/results.txt"
+  alone=$($PY -m metammf_dist evaluate "$run" 2>/dev/null | tail -1 \
+    | $PY -c "import json,sys; print(json.loads(sys.stdin.read())['ndcg@10'])" 2>/dev/null || echo failed)
+  echo "run $i losses $losses ndcg@10 $ndcg evaluate $alone" | tee -a "$OUT/results.txt"
 done
-echo "distinct results: $(cut -d' ' -f4,6 "$OUT/results.txt" | sort -u | wc -l) in $N runs"
+echo "distinct results: $(cut -d' ' -f4,6 "$OUT/results.txt" | sort -u | wc -l) in $N runs;" \
+  "in-training test != evaluate: $(awk '$6 != $8' "$OUT/results.txt" | wc -l)"
