@@ -67,6 +67,9 @@ class TrainConfig:
     log_every: int = 10
     graph_backend: str = "dgl"  # dgl | torch (torch-only graph, sampler and GCN path: no DGL needed)
     fusion_cache_refresh: int = 0  # 0 = off; K > 0: neighbour items read a fusion cache refreshed every K steps
+    fusion_cache_grad_items: int = 0  # with the cache: S random neighbour items a step also fused exactly, their
+    #                                   gradient weighted by (neighbour items / S): an unbiased estimate of the
+    #                                   fusion gradient the uncached step gets from all its neighbour items
     id_tables: str = "dense"  # dense: inside the DeepSpeed engine (ZeRO); sparse: outside it, lazy row-wise Adam
     id_lr: float = 0.0  # learning rate of sparse ID tables (0 = train.lr); a row is updated only when it is looked up
     lr_schedule: str = "constant"  # constant | cosine (train.lr -> train.lr * lr_min_ratio over train.epochs)
@@ -206,6 +209,15 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "config key 'train.fusion_cache_refresh': the fusion cache needs model.scorer=gcn and train.sampler=neighbor "
             f"(got {cfg.model.scorer} / {cfg.train.sampler}); set it to 0"
+        )
+    if cfg.train.fusion_cache_grad_items < 0:
+        raise ConfigError("config key 'train.fusion_cache_grad_items': must be >= 0 (0 = off), "
+                          f"got {cfg.train.fusion_cache_grad_items}")
+    if cfg.train.fusion_cache_grad_items > 0 and (cfg.train.fusion_cache_refresh <= 0 or cfg.train.gcn_history):
+        raise ConfigError(
+            "config key 'train.fusion_cache_grad_items': samples neighbour items of the plain fusion cache; it needs "
+            f"train.fusion_cache_refresh > 0 and train.gcn_history=false (got {cfg.train.fusion_cache_refresh} / "
+            f"{cfg.train.gcn_history}); set it to 0"
         )
     if cfg.train.gcn_history and (cfg.train.fusion_cache_refresh <= 0 or cfg.model.gcn_layers < 2):
         raise ConfigError(

@@ -5,6 +5,8 @@ Runs in both lanes (torch graph backend for the in-process checks; the trainer r
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +163,93 @@ def test_cached_training_resumes_mid_epoch_like_a_straight_run(synth_ds, tmp_pat
     # and the cache did change the run: without it the same schedule ends elsewhere
     plain = last_json(train(synth_ds, tmp_path / "c", nproc=2, stage=3, epochs=1))
     assert not close(straight, plain, 1e-6), (straight, plain)
+
+
+def _grad_items_batch(graph, store, per_step: int, step: int = 0):
+    batches = make_batches("neighbor", graph, fanouts=[4, 4], batch_size=64, num_negatives=2, seed=5, rank=0,
+                           world_size=1)
+    batches.grad_items_per_step = per_step
+    it = iter(batches.epoch(0, start_step=step))
+    return attach_features(next(it), store, seeds_only=True)
+
+
+def test_grad_items_are_sampled_neighbours_read_after_the_seeds(setup):
+    graph, feats, _ = setup
+    store = ArrayStore(feats)
+    batch = _grad_items_batch(graph, store, 5)
+    n_seed, n_input = int(batch.output_items.numel()), int(batch.input_items.numel())
+    pos = batch.grad_items_pos
+    assert pos.numel() == 5 and torch.equal(pos, torch.unique(pos)) and int(pos.min()) >= n_seed
+    assert batch.grad_items_weight == (n_input - n_seed) / 5
+    # the feature stage read the seeds, then the sampled neighbours, nothing else
+    assert store.rows_read == n_seed + 5
+    torch.testing.assert_close(batch.item_feats, torch.from_numpy(feats[batch.feature_items.numpy()]).float())
+    again, other = _grad_items_batch(graph, ArrayStore(feats), 5), _grad_items_batch(graph, ArrayStore(feats), 5, 1)
+    assert torch.equal(again.grad_items_pos, pos)  # keyed by (seed, epoch, rank, step)...
+    assert not torch.equal(other.input_items[other.grad_items_pos], batch.input_items[pos])  # ...not fixed
+    everything = _grad_items_batch(graph, ArrayStore(feats), 10**6)  # more than there are: all, weight 1
+    assert torch.equal(everything.grad_items_pos, torch.arange(n_seed, n_input)) and everything.grad_items_weight == 1.0
+
+
+def test_grad_items_make_the_fusion_gradient_exact_in_expectation(setup):
+    """``train.fusion_cache_grad_items``: with a fresh cache, (a) sampling every neighbour gives the uncached step's
+    loss and gradients; (b) sampling ONE neighbour with weight n gives, averaged over the n choices, exactly the
+    uncached step's fusion gradient (unbiased); each single draw keeps the loss and the ID/GCN gradients exact."""
+    graph, feats, cfg = setup
+    torch.manual_seed(0)
+    model = build_model(cfg, N_USERS, N_ITEMS, FEAT).double()
+    objective = BPRObjective(model)
+    fused_all = model.fuse(torch.from_numpy(feats)).detach()
+    loss_exact, g_exact = _grads(objective, _batch(graph, ArrayStore(feats), seeds_only=False))
+
+    batch = _grad_items_batch(graph, ArrayStore(feats), 10**6)
+    n_seed, n_input = int(batch.output_items.numel()), int(batch.input_items.numel())
+    batch.cached_fusion = fused_all[batch.input_items[n_seed:]]
+    loss_all, g_all = _grads(objective, batch)
+    torch.testing.assert_close(loss_all, loss_exact, **TOL)
+    assert g_all.keys() == g_exact.keys()
+    for name in g_exact:
+        torch.testing.assert_close(g_all[name], g_exact[name], **TOL, msg=name)
+    torch.testing.assert_close(model.seed_fusion, fused_all[batch.feature_items], **TOL)  # what the trainer pushes
+
+    n_rest = n_input - n_seed
+    fusion_params = [n for n in g_exact if ".fusion." in n]
+    mean = {n: torch.zeros_like(g_exact[n]) for n in fusion_params}
+    seeds = batch.output_items
+    for j in range(n_seed, n_input):
+        batch.grad_items_pos, batch.grad_items_weight = torch.tensor([j]), float(n_rest)
+        batch.item_feats = torch.from_numpy(feats[torch.cat([seeds, batch.input_items[j:j + 1]]).numpy()])
+        loss_j, g_j = _grads(objective, batch)
+        torch.testing.assert_close(loss_j, loss_exact, **TOL)
+        for name in g_exact:
+            if ".fusion." in name:
+                mean[name] += g_j[name] / n_rest
+            else:
+                torch.testing.assert_close(g_j[name], g_exact[name], **TOL, msg=name)
+    assert any(not torch.allclose(g_j[n], g_exact[n], rtol=0, atol=1e-8) for n in fusion_params)  # one draw: noisy
+    for name in fusion_params:
+        torch.testing.assert_close(mean[name], g_exact[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_grad_items_config_guard():
+    with pytest.raises(ConfigError, match="train.fusion_cache_grad_items"):
+        load_config("configs/tiktok.yaml", ["train.fusion_cache_grad_items=8"])  # no cache
+    with pytest.raises(ConfigError, match="train.fusion_cache_grad_items"):
+        load_config("configs/tiktok.yaml", ["train.fusion_cache_refresh=5", "train.gcn_history=true",
+                                            "train.fusion_cache_grad_items=8"])
+    with pytest.raises(ConfigError, match="train.fusion_cache_grad_items"):
+        load_config("configs/tiktok.yaml", ["train.fusion_cache_refresh=5", "train.fusion_cache_grad_items=-1"])
+
+
+def test_cached_training_with_grad_items_fuses_seeds_plus_samples(synth_ds, tmp_path):
+    usage = {}
+    small = ["train.fusion_cache_refresh=3", "train.batch_size=64", "train.max_steps_per_epoch=6"]
+    for name, extra in (("plain", []), ("grad", ["train.fusion_cache_grad_items=7"])):
+        metrics = last_json(train(synth_ds, tmp_path / name, *small, *extra, epochs=1))
+        assert metrics["recall@20"] > 0
+        usage[name] = json.loads((tmp_path / name / "usage.json").read_text())
+    plain, grad = usage["plain"], usage["grad"]
+    # same batches (the sample has a stream of its own); each step fused its seeds plus 7 of its neighbours
+    assert grad["train_steps"] == plain["train_steps"] == 6 and grad["input_items"] == plain["input_items"]
+    assert grad["input_items"] - plain["fused_items"] > 7 * 6  # (enough neighbours per step: batch of 64 pairs)
+    assert grad["fused_items"] - plain["fused_items"] == 7 * grad["train_steps"]

@@ -113,6 +113,7 @@ class Trainer:
                 device=self.info.device,
             )
             self.batches.seed_features_only = True
+            self.batches.grad_items_per_step = cfg.train.fusion_cache_grad_items
         self.gcn_history: Optional[GCNHistory] = None
         if cfg.train.gcn_history:
             self.gcn_history = GCNHistory(self.ds.num_users, self.ds.num_items, cfg.model.user_id_dim,
@@ -244,7 +245,7 @@ class Trainer:
             self.gcn_history.push({"user": batch.output_users, "item": batch.output_items},
                                   self.model.gcn.fresh_hidden, self.fusion_cache)
         elif self.fusion_cache is not None:
-            self.fusion_cache.push(batch.output_items, self.model.seed_fusion)
+            self.fusion_cache.push(batch.feature_items, self.model.seed_fusion)
         return loss, batch
 
     def _build_model(self) -> torch.nn.Module:
@@ -271,7 +272,8 @@ class Trainer:
             self.usage["refreshes"] += 1
             self.usage["refresh_seconds"] += self.last_refresh_seconds
         n_seed = int(batch.output_items.numel())
-        if batch.item_feats.shape[0] != n_seed or not torch.equal(batch.input_items[:n_seed], batch.output_items):
+        n_fused = int(batch.feature_items.numel())  # the seeds, then any neighbours sampled for a fusion gradient
+        if batch.item_feats.shape[0] != n_fused or not torch.equal(batch.input_items[:n_seed], batch.output_items):
             raise TrainingError("fusion cache: the batch's seed items are not the first input items")
         batch.cached_fusion = cache.lookup(batch.input_items[n_seed:])
         if self.gcn_history is not None:

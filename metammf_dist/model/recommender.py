@@ -16,7 +16,7 @@ computes only their vectors.  ``forward_graph`` is the full-graph counterpart fo
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -173,20 +173,35 @@ class MetaMMFRecommender(nn.Module):
         return self.fusion(feats)
 
     def item_vectors(self, item_ids: torch.Tensor, feats: torch.Tensor,
-                     fused_rest: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     fused_rest: Optional[torch.Tensor] = None,
+                     grad_items: Optional[Tuple[torch.Tensor, float]] = None) -> torch.Tensor:
         """``[n, D]`` = fusion(feats) ⊕ ID row; ids ≥ num_items (cold start) get the mean ID row.
 
-        ``fused_rest`` (fusion cache): precomputed fusion outputs for ``item_ids[len(feats):]``, used as
-        they are (no gradient reaches the fusion through them); the ID rows of all ids stay live."""
+        ``fused_rest`` (fusion cache): precomputed fusion outputs for the items after the seeds, used as
+        they are (no gradient reaches the fusion through them); the ID rows of all ids stay live.
+        ``grad_items = (pos, w)`` (``train.fusion_cache_grad_items``, with ``fused_rest``): ``feats`` holds the
+        seeds' rows, then those of ``item_ids[pos]`` (neighbour items, ``pos`` ascending); those items are fused
+        exactly in place of their cached rows, and the fusion gradient through them is multiplied by ``w``."""
         n_rest = 0 if fused_rest is None else fused_rest.shape[0]
-        if feats.shape[0] + n_rest != item_ids.shape[0]:
+        n_extra = 0 if grad_items is None else int(grad_items[0].numel())
+        if grad_items is not None and not n_rest:
+            raise ValueError("item_vectors: grad_items needs fused_rest (the fusion cache)")
+        if feats.shape[0] - n_extra + n_rest != item_ids.shape[0]:
             raise ValueError(f"item_vectors: {item_ids.shape[0]} ids but {feats.shape[0]} feature rows"
-                             + (f" + {n_rest} cached fusion rows" if n_rest else ""))
+                             + (f" + {n_rest} cached fusion rows" if n_rest else "")
+                             + (f" ({n_extra} of them sampled neighbours)" if n_extra else ""))
         weight = self.item_emb.weight
         fused = self.fuse(feats)
         if n_rest:
             self.seed_fusion = fused.detach()  # the trainer pushes these exact rows into the fusion cache
-            fused = torch.cat([fused, fused_rest.detach().to(device=fused.device, dtype=fused.dtype)])
+            rest = fused_rest.detach().to(device=fused.device, dtype=fused.dtype)
+            if n_extra:
+                n_seed = feats.shape[0] - n_extra
+                fused, extra = fused[:n_seed], fused[n_seed:]
+                # forward value: the exact row; backward: w x its gradient (x - x.detach() is exactly zero)
+                extra = extra.detach() + (extra - extra.detach()) * float(grad_items[1])
+                rest = rest.index_copy(0, grad_items[0].to(rest.device) - n_seed, extra)
+            fused = torch.cat([fused, rest])
         return torch.cat([fused, self.item_id_rows(item_ids.to(weight.device))], dim=1)
 
     def user_vectors(self, user_ids: torch.Tensor) -> torch.Tensor:
@@ -201,6 +216,7 @@ class MetaMMFRecommender(nn.Module):
         input_item_feats: torch.Tensor,
         cached_fusion: Optional[torch.Tensor] = None,
         neighbor_history: Optional[Sequence[Dict[str, torch.Tensor]]] = None,
+        grad_items: Optional[Tuple[torch.Tensor, float]] = None,
     ) -> Dict[str, torch.Tensor]:
         """Vectors of the dst nodes of ``blocks[-1]``: ``{"user": [n_dst_user, D], "item": [n_dst_item, D]}``.
 
@@ -208,7 +224,8 @@ class MetaMMFRecommender(nn.Module):
         order); ``input_item_feats``: their multimodal features.  MF: see the module docstring.
         ``cached_fusion`` (fusion cache, GCN scorer): ``input_item_feats`` then covers only the first
         rows of ``input_items`` (the seed items, exact fusion) and ``cached_fusion`` gives the fusion
-        outputs of the remaining (neighbour) items, without gradient.
+        outputs of the remaining (neighbour) items, without gradient.  ``grad_items`` (``item_vectors``):
+        sampled neighbour items fused exactly, their rows of ``input_item_feats`` after the seeds'.
         ``neighbor_history`` (``train.gcn_history``, with ``cached_fusion``): ``blocks`` is ONE sampled hop;
         the neighbours' layer-0 vectors (cached fusion ⊕ ID row) and their layer-1..L-1 vectors (these
         history rows) carry no gradient; only the seeds' ID rows and fusion get gradients (``GCN.forward_history``).
@@ -228,7 +245,8 @@ class MetaMMFRecommender(nn.Module):
                                             neighbor_history)
         else:
             feats = {"user": self.user_vectors(input_users),
-                     "item": self.item_vectors(input_items, input_item_feats, fused_rest=cached_fusion)}
+                     "item": self.item_vectors(input_items, input_item_feats, fused_rest=cached_fusion,
+                                               grad_items=grad_items)}
             vectors = self.gcn(blocks, feats, self._inv_sqrt_degree(input_users, input_items))
         # output items lead the inputs (MF: they are the inputs; DGL blocks: dst nodes are a prefix of src nodes)
         return self.add_item_graph(vectors, input_items)
@@ -276,10 +294,10 @@ class MetaMMFRecommender(nn.Module):
         return self.add_item_graph(vectors, torch.arange(self.num_items, device=device), chunk_size)
 
     def forward(self, blocks, input_users, input_items, input_item_feats, cached_fusion=None,
-                neighbor_history=None) -> Dict[str, torch.Tensor]:
+                neighbor_history=None, grad_items=None) -> Dict[str, torch.Tensor]:
         """Same as ``forward_blocks`` (so wrappers that call the module, e.g. DeepSpeed engines, work)."""
         return self.forward_blocks(blocks, input_users, input_items, input_item_feats, cached_fusion,
-                                   neighbor_history)
+                                   neighbor_history, grad_items)
 
     @staticmethod
     def score(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:

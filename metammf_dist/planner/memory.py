@@ -577,8 +577,9 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     # ---- one training step -----------------------------------------------------------------------------
     items_in, users_in = blocks.input_items, blocks.input_users
     fusion = _fusion_floats_per_item(cfg, workload.feat_dim)
-    # with the fusion cache only the seed items (the last block's dst items) are fused and read features
-    fused = blocks.output_items if cached else items_in
+    # with the fusion cache only the seed items (the last block's dst items) are fused and read features, plus
+    # train.fusion_cache_grad_items sampled neighbours
+    fused = min(items_in, blocks.output_items + t.fusion_cache_grad_items) if cached else items_in
     if cached:
         fdim = float(m.fusion_dims[-1])
         add("fusion cache", FLOAT * workload.num_items * fdim, "persistent", dev,
