@@ -198,3 +198,9 @@ def test_sparse_id_tables_and_fusion_cache_change_what_is_planned(config):
     assert named(cached, "fusion activations") < 0.1 * named(sparse, "fusion activations")
     assert named(cached, "fusion cache") >= 4 * 1_000_000 * 32
     assert cached.phase_total("refresh") > 0 and cached.train_peak() < sparse.train_peak()
+    # sampled neighbour items fused for the gradient (train.fusion_cache_grad_items) add to the fused rows
+    grad = plan_memory(load_config(config, ["train.fanouts=[10,10]", "train.id_tables=sparse",
+                                            "train.fusion_cache_refresh=100", "train.fusion_cache_grad_items=4096"]), wl)
+    # ("batch features" twice: in the step, and held until the next batch)
+    assert named(grad, "batch features") - named(cached, "batch features") == pytest.approx(2 * 4096 * 384 * 4)
+    assert named(grad, "fusion activations") > named(cached, "fusion activations")
