@@ -2,6 +2,8 @@
 # Issue 7: test Recall@20 at convergence (early stopping on valid Recall@20) without the fusion cache, with it
 # (K = 10), with it plus sampled neighbour fusion gradients (K = 10, train.fusion_cache_grad_items = GRAD_ITEMS,
 # default 2048; mode "cachegrad") and with GCN layer histories (K = 10), over several seeds, on a small synthetic catalog.
+# Diagnostic modes (RUN_MODES=...): cachek1 / cachegradk1 (K = 1: every neighbour's fusion exact in the forward),
+# cacheall / cacheallk1 (every neighbour sampled: computes what no cache does, so their spread is run noise).
 #   bash scripts/cache_quality_converged.sh [ITEMS] [SEEDS...]     (default 10000, seeds 1 2 3; ~25 min on 2 cores)
 #   RUN_MODES="cache" bash scripts/cache_quality_converged.sh       (rerun some modes; the summary reads all results)
 #   OMP_NUM_THREADS=1 RUN_MODES=nocache bash scripts/cache_quality_converged.sh 10000 7 8   (two such in parallel)
@@ -19,6 +21,10 @@ OUT=runs/cache-quality-converged-i$ITEMS
 mkdir -p "$OUT"
 declare -A MODES=([nocache]="train.fusion_cache_refresh=0" [cache]="train.fusion_cache_refresh=10"
                   [cachegrad]="train.fusion_cache_refresh=10 train.fusion_cache_grad_items=${GRAD_ITEMS:-2048}"
+                  [cachek1]="train.fusion_cache_refresh=1"
+                  [cachegradk1]="train.fusion_cache_refresh=1 train.fusion_cache_grad_items=${GRAD_ITEMS:-2048}"
+                  [cacheall]="train.fusion_cache_refresh=10 train.fusion_cache_grad_items=1000000"
+                  [cacheallk1]="train.fusion_cache_refresh=1 train.fusion_cache_grad_items=1000000"
                   [history]="train.fusion_cache_refresh=10 train.gcn_history=true")
 for seed in "${SEEDS[@]}"; do
   for mode in ${RUN_MODES:-nocache cache cachegrad history}; do
