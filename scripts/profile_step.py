@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--sort", default="cumulative", help="pstats sort key (cumulative, tottime)")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # key=value overrides before or after the flags
     cfg = load_config("configs/scale/base.yaml", [f"data.path={args.data_path}", "run_dir=/tmp/profile_step",
                                                   "train.fusion_cache_refresh=500", "train.num_workers=0",
                                                   *args.overrides])
