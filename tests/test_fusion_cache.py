@@ -46,10 +46,11 @@ def setup():
     return graph, feats, cfg
 
 
-def _batch(graph, store, seeds_only):
+def _batch(graph, store, seeds_only, grad_items: int = 0, step: int = 0):
     batches = make_batches("neighbor", graph, fanouts=[4, 4], batch_size=64, num_negatives=2, seed=5, rank=0,
                            world_size=1)
-    batch = next(iter(batches.epoch(0)))
+    batches.grad_items_per_step = grad_items
+    batch = next(iter(batches.epoch(0, start_step=step)))
     return attach_features(batch, store, seeds_only)
 
 
@@ -165,18 +166,10 @@ def test_cached_training_resumes_mid_epoch_like_a_straight_run(synth_ds, tmp_pat
     assert not close(straight, plain, 1e-6), (straight, plain)
 
 
-def _grad_items_batch(graph, store, per_step: int, step: int = 0):
-    batches = make_batches("neighbor", graph, fanouts=[4, 4], batch_size=64, num_negatives=2, seed=5, rank=0,
-                           world_size=1)
-    batches.grad_items_per_step = per_step
-    it = iter(batches.epoch(0, start_step=step))
-    return attach_features(next(it), store, seeds_only=True)
-
-
 def test_grad_items_are_sampled_neighbours_read_after_the_seeds(setup):
     graph, feats, _ = setup
     store = ArrayStore(feats)
-    batch = _grad_items_batch(graph, store, 5)
+    batch = _batch(graph, store, True, 5)
     n_seed, n_input = int(batch.output_items.numel()), int(batch.input_items.numel())
     pos = batch.grad_items_pos
     assert pos.numel() == 5 and torch.equal(pos, torch.unique(pos)) and int(pos.min()) >= n_seed
@@ -184,10 +177,10 @@ def test_grad_items_are_sampled_neighbours_read_after_the_seeds(setup):
     # the feature stage read the seeds, then the sampled neighbours, nothing else
     assert store.rows_read == n_seed + 5
     torch.testing.assert_close(batch.item_feats, torch.from_numpy(feats[batch.feature_items.numpy()]).float())
-    again, other = _grad_items_batch(graph, ArrayStore(feats), 5), _grad_items_batch(graph, ArrayStore(feats), 5, 1)
+    again, other = _batch(graph, ArrayStore(feats), True, 5), _batch(graph, ArrayStore(feats), True, 5, step=1)
     assert torch.equal(again.grad_items_pos, pos)  # keyed by (seed, epoch, rank, step)...
     assert not torch.equal(other.input_items[other.grad_items_pos], batch.input_items[pos])  # ...not fixed
-    everything = _grad_items_batch(graph, ArrayStore(feats), 10**6)  # more than there are: all, weight 1
+    everything = _batch(graph, ArrayStore(feats), True, 10**6)  # more than there are: all, weight 1
     assert torch.equal(everything.grad_items_pos, torch.arange(n_seed, n_input)) and everything.grad_items_weight == 1.0
 
 
@@ -202,7 +195,7 @@ def test_grad_items_make_the_fusion_gradient_exact_in_expectation(setup):
     fused_all = model.fuse(torch.from_numpy(feats)).detach()
     loss_exact, g_exact = _grads(objective, _batch(graph, ArrayStore(feats), seeds_only=False))
 
-    batch = _grad_items_batch(graph, ArrayStore(feats), 10**6)
+    batch = _batch(graph, ArrayStore(feats), True, 10**6)
     n_seed, n_input = int(batch.output_items.numel()), int(batch.input_items.numel())
     batch.cached_fusion = fused_all[batch.input_items[n_seed:]]
     loss_all, g_all = _grads(objective, batch)
@@ -253,3 +246,18 @@ def test_cached_training_with_grad_items_fuses_seeds_plus_samples(synth_ds, tmp_
     assert grad["train_steps"] == plain["train_steps"] == 6 and grad["input_items"] == plain["input_items"]
     assert grad["input_items"] - plain["fused_items"] > 7 * 6  # (enough neighbours per step: batch of 64 pairs)
     assert grad["fused_items"] - plain["fused_items"] == 7 * grad["train_steps"]
+
+
+def test_a_batch_with_no_neighbour_items_still_pushes_its_seeds(setup):
+    """Every input item a seed (small catalogs): the cache rows are empty, the seeds' fusion is still recorded for the
+    push (not the previous step's), with and without sampled neighbours."""
+    _, feats, cfg = setup
+    torch.manual_seed(0)
+    model = build_model(cfg, N_USERS, N_ITEMS, FEAT).double()
+    ids, x = torch.tensor([3, 7, 9]), torch.from_numpy(feats[[3, 7, 9]])
+    empty = torch.zeros(0, cfg.fusion_dims[-1], dtype=torch.float64)
+    model.seed_fusion = None
+    for grad_items in (None, (torch.zeros(0, dtype=torch.long), 1.0)):
+        vectors = model.item_vectors(ids, x, fused_rest=empty, grad_items=grad_items)
+        assert vectors.shape[0] == 3
+        torch.testing.assert_close(model.seed_fusion, model.fuse(x).detach(), **TOL)

@@ -184,7 +184,7 @@ class MetaMMFRecommender(nn.Module):
         exactly in place of their cached rows, and the fusion gradient through them is multiplied by ``w``."""
         n_rest = 0 if fused_rest is None else fused_rest.shape[0]
         n_extra = 0 if grad_items is None else int(grad_items[0].numel())
-        if grad_items is not None and not n_rest:
+        if grad_items is not None and fused_rest is None:
             raise ValueError("item_vectors: grad_items needs fused_rest (the fusion cache)")
         if feats.shape[0] - n_extra + n_rest != item_ids.shape[0]:
             raise ValueError(f"item_vectors: {item_ids.shape[0]} ids but {feats.shape[0]} feature rows"
@@ -192,7 +192,7 @@ class MetaMMFRecommender(nn.Module):
                              + (f" ({n_extra} of them sampled neighbours)" if n_extra else ""))
         weight = self.item_emb.weight
         fused = self.fuse(feats)
-        if n_rest:
+        if fused_rest is not None:  # (a batch whose items are all seeds has an empty rest: still pushed)
             self.seed_fusion = fused.detach()  # the trainer pushes these exact rows into the fusion cache
             rest = fused_rest.detach().to(device=fused.device, dtype=fused.dtype)
             if n_extra:
