@@ -16,11 +16,11 @@ class BPRObjective(nn.Module):
         self.model = model
 
     def forward(self, batch) -> torch.Tensor:
-        pos = getattr(batch, "grad_items_pos", None)
+        sampled = getattr(batch, "grad_items_pos", None)
         out = self.model.forward_blocks(batch.blocks, batch.input_users, batch.input_items, batch.item_feats,
                                         getattr(batch, "cached_fusion", None),
                                         getattr(batch, "neighbor_history", None),
-                                        None if pos is None else (pos, float(batch.grad_items_weight)))
+                                        None if sampled is None else (sampled, float(batch.grad_items_weight)))
         users, items = out["user"], out["item"]
         pos = self.model.score(users[batch.pos_u], items[batch.pos_i])  # [P]
         neg = self.model.score(users[batch.neg_u], items[batch.neg_i])  # [P * num_negatives]
