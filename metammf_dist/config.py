@@ -70,6 +70,9 @@ class TrainConfig:
     fusion_cache_grad_items: int = 0  # with the cache: S random neighbour items a step also fused exactly, their
     #                                   gradient weighted by (neighbour items / S): an unbiased estimate of the
     #                                   fusion gradient the uncached step gets from all its neighbour items
+    fusion_cache_deferred_grad: bool = False  # with the cache: the loss gradients at the cached rows are summed per
+    #                                   item and backpropagated through the next refresh; the result is added to
+    #                                   the fusion's gradient over the following window (fusion_cache.py)
     id_tables: str = "dense"  # dense: inside the DeepSpeed engine (ZeRO); sparse: outside it, lazy row-wise Adam
     id_lr: float = 0.0  # learning rate of sparse ID tables (0 = train.lr); a row is updated only when it is looked up
     lr_schedule: str = "constant"  # constant | cosine (train.lr -> train.lr * lr_min_ratio over train.epochs)
@@ -218,6 +221,14 @@ def validate(cfg: Config) -> Config:
             "config key 'train.fusion_cache_grad_items': samples neighbour items of the plain fusion cache; it needs "
             f"train.fusion_cache_refresh > 0 and train.gcn_history=false (got {cfg.train.fusion_cache_refresh} / "
             f"{cfg.train.gcn_history}); set it to 0"
+        )
+    if cfg.train.fusion_cache_deferred_grad and (cfg.train.fusion_cache_refresh <= 0 or cfg.train.gcn_history
+                                                 or cfg.train.fusion_cache_grad_items > 0):
+        raise ConfigError(
+            "config key 'train.fusion_cache_deferred_grad': defers the neighbour gradients of the plain fusion cache; "
+            "it needs train.fusion_cache_refresh > 0, train.gcn_history=false and train.fusion_cache_grad_items=0 "
+            f"(got {cfg.train.fusion_cache_refresh} / {cfg.train.gcn_history} / {cfg.train.fusion_cache_grad_items}); "
+            "set it to false"
         )
     if cfg.train.gcn_history and (cfg.train.fusion_cache_refresh <= 0 or cfg.model.gcn_layers < 2):
         raise ConfigError(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 7: test Recall@20 at convergence (early stopping on valid Recall@20) without the fusion cache, with it
 # (K = 10), with it plus sampled neighbour fusion gradients (K = 10, train.fusion_cache_grad_items = GRAD_ITEMS,
-# default 2048; mode "cachegrad") and with GCN layer histories (K = 10), over several seeds, on a small synthetic catalog.
+# default 2048; mode "cachegrad"), with it plus deferred neighbour gradients (K = 10, train.fusion_cache_deferred_grad;
+# mode "cachedefer") and with GCN layer histories (K = 10), over several seeds, on a small synthetic catalog.
 # Diagnostic modes (RUN_MODES=...): cachek1 / cachegradk1 (K = 1: every neighbour's fusion exact in the forward),
 # cacheall / cacheallk1 (every neighbour sampled: computes what no cache does, so their spread is run noise).
 #   bash scripts/cache_quality_converged.sh [ITEMS] [SEEDS...]     (default 10000, seeds 1 2 3; ~25 min on 2 cores)
@@ -21,13 +22,14 @@ OUT=runs/cache-quality-converged-i$ITEMS
 mkdir -p "$OUT"
 declare -A MODES=([nocache]="train.fusion_cache_refresh=0" [cache]="train.fusion_cache_refresh=10"
                   [cachegrad]="train.fusion_cache_refresh=10 train.fusion_cache_grad_items=${GRAD_ITEMS:-2048}"
+                  [cachedefer]="train.fusion_cache_refresh=10 train.fusion_cache_deferred_grad=true"
                   [cachek1]="train.fusion_cache_refresh=1"
                   [cachegradk1]="train.fusion_cache_refresh=1 train.fusion_cache_grad_items=${GRAD_ITEMS:-2048}"
                   [cacheall]="train.fusion_cache_refresh=10 train.fusion_cache_grad_items=1000000"
                   [cacheallk1]="train.fusion_cache_refresh=1 train.fusion_cache_grad_items=1000000"
                   [history]="train.fusion_cache_refresh=10 train.gcn_history=true")
 for seed in "${SEEDS[@]}"; do
-  for mode in ${RUN_MODES:-nocache cache cachegrad history}; do
+  for mode in ${RUN_MODES:-nocache cache cachegrad cachedefer history}; do
     # shellcheck disable=SC2086
     $PY -m metammf_dist train configs/scale/base.yaml data.path="$DATA" run_dir="$OUT/$mode-s$seed" \
       train.seed="$seed" train.epochs=30 train.patience=3 eval.max_users=0 ${MODES[$mode]} | tail -1 > "$OUT/$mode-s$seed.json"

@@ -261,3 +261,99 @@ def test_a_batch_with_no_neighbour_items_still_pushes_its_seeds(setup):
         vectors = model.item_vectors(ids, x, fused_rest=empty, grad_items=grad_items)
         assert vectors.shape[0] == 3
         torch.testing.assert_close(model.seed_fusion, model.fuse(x).detach(), **TOL)
+
+
+def _deferred_setup(setup):
+    graph, feats, cfg = setup
+    torch.manual_seed(0)
+    model = build_model(cfg, N_USERS, N_ITEMS, FEAT).double()
+    cache = FusionCache(N_ITEMS, cfg.fusion_dims[-1], refresh_every=1, chunk=64, deferred_grad=True)
+    cache.refresh(model, ArrayStore(feats), global_step=0)
+    assert cache.offset is None and cache.pending_steps == 0  # nothing pending before the first step
+    cache.fused = model.fuse(torch.from_numpy(feats)).detach()  # float64 rows, for tight comparisons
+    return graph, feats, model, cache
+
+
+def test_deferred_grad_hands_the_uncached_neighbour_gradient_to_the_next_window(setup):
+    """``train.fusion_cache_deferred_grad``: the loss gradients at the cached rows, backpropagated through the next
+    refresh, are exactly the fusion gradient the neighbours send without the cache (same weights); the offset term
+    adds it to the fusion parameters' gradient and changes neither the loss value nor any other gradient."""
+    graph, feats, model, cache = _deferred_setup(setup)
+    objective = BPRObjective(model)
+    loss_exact, g_exact = _grads(objective, _batch(graph, ArrayStore(feats), seeds_only=False))
+
+    batch = _batch(graph, ArrayStore(feats), seeds_only=True)
+    n_seed = int(batch.output_items.numel())
+    batch.cached_fusion = cache.lookup(batch.input_items[n_seed:]).requires_grad_(True)
+    loss_cached, g_cached = _grads(objective, batch)
+    torch.testing.assert_close(loss_cached, loss_exact, **TOL)
+    assert batch.cached_fusion.grad is not None and batch.cached_fusion.grad.abs().sum() > 0
+    cache.accumulate(batch.input_items[n_seed:], batch.cached_fusion.grad)
+    assert cache.pending_steps == 1
+    cache.refresh(model, ArrayStore(feats), global_step=1)  # same weights: Jacobians as in the step
+    assert cache.pending_steps == 0 and cache.pending.abs().sum() == 0  # the window starts afresh
+    offset = cache.offset
+    fusion_params = [n for n in g_exact if ".fusion." in n]
+    assert sorted("model." + n for n in offset) == sorted(fusion_params)
+    tol = dict(rtol=1e-5, atol=1e-9)  # the accumulator holds float32
+    for name in fusion_params:
+        torch.testing.assert_close(g_cached[name] + offset[name[len("model."):]], g_exact[name], **tol, msg=name)
+
+    # the next steps add the offset: this batch again now gets the uncached step's gradients, loss value unchanged
+    model.fusion_grad_offset = offset
+    batch.cached_fusion = batch.cached_fusion.detach()
+    loss_offset, g_offset = _grads(objective, batch)
+    assert loss_offset.item() == loss_cached.item()
+    for name in g_exact:
+        torch.testing.assert_close(g_offset[name], g_exact[name], **(tol if name in fusion_params else TOL), msg=name)
+
+
+def test_deferred_grad_offset_is_the_window_mean(setup, tmp_path):
+    """Two steps in a window: the offset is the mean of their neighbour gradients (one of them counted twice here);
+    a checkpoint carries the window (pending sums, their step count, the offset)."""
+    graph, feats, model, cache = _deferred_setup(setup)
+    batch = _batch(graph, ArrayStore(feats), seeds_only=True)
+    n_seed = int(batch.output_items.numel())
+    ids, grad = batch.input_items[n_seed:], torch.randn(int(batch.input_items.numel()) - n_seed, 4, dtype=torch.float64)
+    cache.accumulate(ids, grad)
+    cache.refresh(model, ArrayStore(feats), global_step=1)
+    one = cache.offset
+    cache.accumulate(ids, grad)
+    cache.accumulate(ids, None)  # a step that read no cached rows still counts
+    cache.refresh(model, ArrayStore(feats), global_step=2)
+    for name in one:
+        torch.testing.assert_close(cache.offset[name], one[name] / 2, rtol=1e-12, atol=0, msg=name)
+
+    cache.accumulate(ids, grad)
+    cache.save(tmp_path / "fusion_cache.pt")
+    restored = FusionCache(N_ITEMS, 4, refresh_every=1, deferred_grad=True)
+    assert restored.load(tmp_path / "fusion_cache.pt")
+    assert restored.pending_steps == 1 and torch.equal(restored.pending, cache.pending)
+    assert restored.offset.keys() == one.keys() and all(torch.equal(restored.offset[k], cache.offset[k]) for k in one)
+    with pytest.raises(RuntimeError, match="without deferred_grad"):
+        FusionCache(N_ITEMS, 4, refresh_every=1).accumulate(ids, grad)
+
+
+def test_deferred_grad_config_guard(tmp_path):
+    for extra in ([], ["train.fusion_cache_refresh=5", "train.gcn_history=true"],
+                  ["train.fusion_cache_refresh=5", "train.fusion_cache_grad_items=8"]):
+        with pytest.raises(ConfigError, match="train.fusion_cache_deferred_grad"):
+            load_config("configs/tiktok.yaml", ["train.fusion_cache_deferred_grad=true", *extra])
+    from metammf_dist.engine.fusion_cache import check_deferred_grad
+
+    check_deferred_grad({"zero_optimization": {"stage": 2}})
+    for ds in ({"zero_optimization": {"stage": 3}}, {"fp16": {"enabled": True}}):
+        with pytest.raises(ConfigError, match="train.fusion_cache_deferred_grad"):
+            check_deferred_grad(ds)
+
+
+@pytest.mark.multiproc
+def test_deferred_grad_training_resumes_mid_epoch_like_a_straight_run(synth_ds, tmp_path):
+    """2 ranks, ZeRO-2, K = 3: the pending sums (averaged over ranks before a checkpoint), their step count and the
+    offset are restored, so a run resumed at step 2 ends like the straight one; the offset was really in use."""
+    opts = ["train.fusion_cache_refresh=3", "train.fusion_cache_deferred_grad=true"]
+    straight, resumed, straight_run = straight_and_resumed(synth_ds, tmp_path, *opts, stage=2)
+    assert close(straight, resumed, 1e-6), (straight, resumed)
+    blob = torch.load(straight_run / "checkpoints" / "epoch0001-step0000000" / "fusion_cache.pt", weights_only=False)
+    assert blob["offset"] and all(torch.isfinite(v).all() for v in blob["offset"].values())
+    assert sum(float(v.abs().sum()) for v in blob["offset"].values()) > 0

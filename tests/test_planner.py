@@ -204,3 +204,9 @@ def test_sparse_id_tables_and_fusion_cache_change_what_is_planned(config):
     # ("batch features" twice: in the step, and held until the next batch)
     assert named(grad, "batch features") - named(cached, "batch features") == pytest.approx(2 * 4096 * 384 * 4)
     assert named(grad, "fusion activations") > named(cached, "fusion activations")
+    # deferred neighbour gradients (train.fusion_cache_deferred_grad): a catalog-wide accumulator + refresh backward
+    defer = plan_memory(load_config(config, ["train.fanouts=[10,10]", "train.id_tables=sparse",
+                                             "train.fusion_cache_refresh=100",
+                                             "train.fusion_cache_deferred_grad=true"]), wl)
+    assert named(defer, "deferred-gradient accumulator") == 4 * 1_000_000 * 32
+    assert defer.phase_total("refresh") > cached.phase_total("refresh")

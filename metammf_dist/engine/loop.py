@@ -32,7 +32,7 @@ from metammf_dist.data.item_knn import feature_knn
 from metammf_dist.engine.checkpoint import Checkpoints, tag_for
 from metammf_dist.engine.deepspeed_engine import build_engine, gathered_model, load_ds_config
 from metammf_dist.engine.dist import DistInfo, init_distributed, log_main
-from metammf_dist.engine.fusion_cache import FILE_NAME as FUSION_CACHE_FILE, FusionCache
+from metammf_dist.engine.fusion_cache import FILE_NAME as FUSION_CACHE_FILE, FusionCache, check_deferred_grad
 from metammf_dist.engine.gcn_history import FILE_NAME as GCN_HISTORY_FILE, GCNHistory
 from metammf_dist.engine.sparse_ids import FILE_NAME as ID_TABLES_FILE, SparseIdTables
 from metammf_dist.engine.inference import compute_vectors, split_csr
@@ -110,8 +110,10 @@ class Trainer:
             self.fusion_cache = FusionCache(
                 self.ds.num_items, cfg.model.fusion_dims[-1], cfg.train.fusion_cache_refresh, rank=self.info.rank,
                 world_size=self.info.world_size, distributed=self.info.distributed, chunk=cfg.eval.item_chunk,
-                device=self.info.device,
+                device=self.info.device, deferred_grad=cfg.train.fusion_cache_deferred_grad,
             )
+            if cfg.train.fusion_cache_deferred_grad:
+                check_deferred_grad(self.ds_config)
             self.batches.seed_features_only = True
             self.batches.grad_items_per_step = cfg.train.fusion_cache_grad_items
         self.gcn_history: Optional[GCNHistory] = None
@@ -133,6 +135,7 @@ class Trainer:
                 self._load_extras(tag)
                 if self.fusion_cache is not None:
                     self.fusion_cache.load(self.ckpt.root / tag / FUSION_CACHE_FILE)
+                    self.model.fusion_grad_offset = self.fusion_cache.offset
                 if self.gcn_history is not None:
                     self.gcn_history.load(self.ckpt.root / tag / GCN_HISTORY_FILE)
                 log_main(info, f"resumed from {tag} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
@@ -233,6 +236,9 @@ class Trainer:
         loss = self.engine(batch)
         self._check_finite(loss, epoch, batch.step)
         self.engine.backward(loss)
+        if self.fusion_cache is not None and self.fusion_cache.deferred_grad:
+            n_seed = int(batch.output_items.numel())
+            self.fusion_cache.accumulate(batch.input_items[n_seed:], batch.cached_fusion.grad)
         t, step, per_epoch = self.cfg.train, self.state.global_step, self._steps_per_epoch()
         self.last_lr = scheduled_lr(t, step, per_epoch)
         set_lr(self.engine.optimizer.param_groups, self.last_lr)
@@ -268,6 +274,7 @@ class Trainer:
                 if self.gcn_history is not None:
                     self.gcn_history.refresh(model, cache.fused, self.graph.to(self.info.device),
                                              self.state.global_step)
+            self.model.fusion_grad_offset = cache.offset  # deferred neighbour gradients of the ended window
             self.last_refresh_seconds = time.perf_counter() - started
             self.usage["refreshes"] += 1
             self.usage["refresh_seconds"] += self.last_refresh_seconds
@@ -276,6 +283,8 @@ class Trainer:
         if batch.item_feats.shape[0] != n_fused or not torch.equal(batch.input_items[:n_seed], batch.output_items):
             raise TrainingError("fusion cache: the batch's seed items are not the first input items")
         batch.cached_fusion = cache.lookup(batch.input_items[n_seed:])
+        if cache.deferred_grad:  # a leaf: backward leaves the loss gradient at these rows in its .grad
+            batch.cached_fusion.requires_grad_(True)
         if self.gcn_history is not None:
             n_user = int(batch.output_users.numel())
             batch.neighbor_history = self.gcn_history.lookup({"user": batch.input_users[n_user:],
@@ -285,6 +294,7 @@ class Trainer:
         keep = {self.state.best_tag} if self.state.best_tag else set()
         extras = {}
         if self.fusion_cache is not None and self.fusion_cache.fused is not None:
+            self.fusion_cache.sync_pending()  # collective: rank 0's saved copy is then every rank's
             extras[FUSION_CACHE_FILE] = self.fusion_cache.save
         if self.id_tables is not None:
             extras[ID_TABLES_FILE] = self.id_tables.save

@@ -25,7 +25,9 @@ class BPRObjective(nn.Module):
         pos = self.model.score(users[batch.pos_u], items[batch.pos_i])  # [P]
         neg = self.model.score(users[batch.neg_u], items[batch.neg_i])  # [P * num_negatives]
         pos = pos.repeat_interleave(neg.numel() // max(pos.numel(), 1))
-        return bpr_loss(pos, neg)
+        loss = bpr_loss(pos, neg)
+        offset = self.model.fusion_offset_term() if hasattr(self.model, "fusion_offset_term") else None
+        return loss if offset is None else loss + offset  # value unchanged; adds the deferred fusion gradient
 
 
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,8 @@ class MetaMMFRecommender(nn.Module):
         nn.init.normal_(self.user_emb.weight, std=cfg.id_init_std)
         self.gcn: Optional[nn.Module] = build_scorer(cfg)
         self.seed_fusion: Optional[torch.Tensor] = None  # last fusion-cache step's exact seed rows (detached)
+        # train.fusion_cache_deferred_grad: fusion-parameter name -> gradient every step adds (FusionCache.offset)
+        self.fusion_grad_offset: Optional[Dict[str, torch.Tensor]] = None
         if cfg.feature_norm == "standardize":  # filled by set_feature_stats from the dataset
             self.register_buffer("feat_mean", torch.zeros(feat_dim))
             self.register_buffer("feat_std", torch.ones(feat_dim))
@@ -194,7 +196,10 @@ class MetaMMFRecommender(nn.Module):
         fused = self.fuse(feats)
         if fused_rest is not None:  # (a batch whose items are all seeds has an empty rest: still pushed)
             self.seed_fusion = fused.detach()  # the trainer pushes these exact rows into the fusion cache
-            rest = fused_rest.detach().to(device=fused.device, dtype=fused.dtype)
+            # a cached block that requires grad (train.fusion_cache_deferred_grad) is a leaf: backward leaves
+            # the loss gradient at the cached rows in its .grad; nothing reaches the fusion through it
+            rest = (fused_rest if fused_rest.requires_grad else fused_rest.detach()).to(device=fused.device,
+                                                                                          dtype=fused.dtype)
             if n_extra:
                 n_seed = feats.shape[0] - n_extra
                 fused, extra = fused[:n_seed], fused[n_seed:]
@@ -203,6 +208,16 @@ class MetaMMFRecommender(nn.Module):
                 rest = rest.index_copy(0, grad_items[0].to(rest.device) - n_seed, extra)
             fused = torch.cat([fused, rest])
         return torch.cat([fused, self.item_id_rows(item_ids.to(weight.device))], dim=1)
+
+    def fusion_offset_term(self) -> Optional[torch.Tensor]:
+        """A loss term of value exactly zero whose gradient on each fusion parameter is its
+        ``fusion_grad_offset`` (None without offsets): ``s - s.detach()`` with ``s = sum <p, offset_p>``."""
+        if not self.fusion_grad_offset:
+            return None
+        params = dict(self.named_parameters())
+        s = sum((params[name] * c.to(device=params[name].device, dtype=params[name].dtype)).sum()
+                for name, c in self.fusion_grad_offset.items())
+        return s - s.detach()
 
     def user_vectors(self, user_ids: torch.Tensor) -> torch.Tensor:
         return self.user_emb(user_ids.to(self.user_emb.weight.device))

@@ -588,6 +588,13 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         chunk = min(float(cfg.eval.item_chunk), float(workload.num_items))
         add("fusion cache refresh (one chunk, no grad)", FLOAT * chunk * (fusion["saved"] + fusion["largest"])
             + FLOAT * workload.num_items * fdim, "refresh", dev, "chunked fusion + the all-reduced copy")
+        if t.fusion_cache_deferred_grad:  # per-item sums of the cached rows' gradients; refresh backward
+            counts = layout["counts"]
+            fusion_params = float(counts.get("meta_learner", 0) + counts["fusion_layers"])
+            add("deferred-gradient accumulator", FLOAT * workload.num_items * fdim, "persistent", dev,
+                f"{workload.num_items:,} items x {m.fusion_dims[-1]}")
+            add("refresh backward (fusion gradients)", FLOAT * (chunk * fusion["largest"] + 2 * fusion_params),
+                "refresh", dev, "a chunk's activation gradients + the fusion's gradient and offset")
     if history:
         d, hist_layers = float(m.user_id_dim), float(m.gcn_layers - 1)
         neighbours = users_in + items_in - blocks.output_users - blocks.output_items
