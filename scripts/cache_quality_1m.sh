@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 7: test Recall@20 at 1M items (1M users, 10M interactions, 384-d float16 features) after the same
 # number of training steps without the fusion cache, with it (K = 400), with it plus sampled neighbour fusion
-# gradients (mode cachegrad: train.fusion_cache_grad_items = GRAD_ITEMS, default 2048) and with GCN layer histories; same
+# gradients (mode cachegrad: train.fusion_cache_grad_items = GRAD_ITEMS, default 2048), with it plus deferred neighbour
+# gradients (mode cachedefer: train.fusion_cache_deferred_grad=true) and with GCN layer histories; same
 # seed, same 20,000 test users (scripts/scale_1m.sh's setup).  Prints one JSON line per mode and a summary.
 #   bash scripts/cache_quality_1m.sh [STEPS]     (default 600; the uncached run is ~5 s/step on 2 cores)
 #   RUN_MODES="history cache" bash scripts/cache_quality_1m.sh 0    (0 = one whole epoch, 2,479 steps; the
@@ -13,7 +14,8 @@ OUT=runs/cache-quality-1m-s$STEPS
 export TQDM_DISABLE=1
 mkdir -p "$OUT"
 declare -A MODES=([nocache]="train.fusion_cache_refresh=0" [cache]="" [history]="train.gcn_history=true"
-                  [cachegrad]="train.fusion_cache_grad_items=${GRAD_ITEMS:-2048}")
+                  [cachegrad]="train.fusion_cache_grad_items=${GRAD_ITEMS:-2048}"
+                  [cachedefer]="train.fusion_cache_deferred_grad=true")
 for mode in ${RUN_MODES:-history cache nocache}; do
   if [ ! -f "$OUT/$mode/summary.json" ]; then
     # shellcheck disable=SC2086
@@ -25,8 +27,8 @@ python3 - "$OUT" <<'PYEOF'
 import json, os, sys
 out = sys.argv[1]
 res = {mode: json.load(open(f"{out}/{mode}/summary.json"))
-       for mode in ("nocache", "cache", "cachegrad", "history") if os.path.exists(f"{out}/{mode}/summary.json")}
-base_mode = next(mode for mode in ("nocache", "cache", "cachegrad", "history") if mode in res)  # the slowest mode that ran
+       for mode in ("nocache", "cache", "cachegrad", "cachedefer", "history") if os.path.exists(f"{out}/{mode}/summary.json")}
+base_mode = next(mode for mode in ("nocache", "cache", "cachegrad", "cachedefer", "history") if mode in res)  # the slowest mode that ran
 base = res[base_mode]["recall@20"]
 for mode, r in res.items():
     print(json.dumps({"mode": mode, **r}))
