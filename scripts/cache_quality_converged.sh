@@ -8,6 +8,8 @@
 #   bash scripts/cache_quality_converged.sh [ITEMS] [SEEDS...]     (default 10000, seeds 1 2 3; ~25 min on 2 cores)
 #   RUN_MODES="cache" bash scripts/cache_quality_converged.sh       (rerun some modes; the summary reads all results)
 #   OMP_NUM_THREADS=1 RUN_MODES=nocache bash scripts/cache_quality_converged.sh 10000 7 8   (two such in parallel)
+#   EPOCHS=30 PATIENCE=30 bash scripts/cache_quality_converged.sh ...   (fixed length: every run trains all EPOCHS and
+#   is tested at its best valid epoch; results in a folder of their own, ...-e30-p30)
 # Runs are not bit-reproducible (float sums in threads; trajectories drift apart within ~50 steps), so a run is one
 # draw: single runs of one configuration spread by about +-0.007 here, hence several seeds and the 95 % interval.
 set -euo pipefail
@@ -18,7 +20,9 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_extensions} OMP_
 DATA=bench_out/scale/data/synth-i${ITEMS}-u${ITEMS}-e$((ITEMS * 10))-image128-text256-s1
 [ -f "$DATA/dataset.json" ] || $PY -m metammf_dist synth "$DATA" --users "$ITEMS" --items "$ITEMS" \
   --interactions $((ITEMS * 10)) --modality image:128 --modality text:256 --seed 1
+EPOCHS=${EPOCHS:-30} PATIENCE=${PATIENCE:-3}  # early stopping on valid Recall@20 with this patience
 OUT=runs/cache-quality-converged-i$ITEMS
+[ "$EPOCHS/$PATIENCE" = 30/3 ] || OUT=$OUT-e$EPOCHS-p$PATIENCE
 mkdir -p "$OUT"
 declare -A MODES=([nocache]="train.fusion_cache_refresh=0" [cache]="train.fusion_cache_refresh=10"
                   [cachegrad]="train.fusion_cache_refresh=10 train.fusion_cache_grad_items=${GRAD_ITEMS:-2048}"
@@ -32,7 +36,7 @@ for seed in "${SEEDS[@]}"; do
   for mode in ${RUN_MODES:-nocache cache cachegrad cachedefer history}; do
     # shellcheck disable=SC2086
     $PY -m metammf_dist train configs/scale/base.yaml data.path="$DATA" run_dir="$OUT/$mode-s$seed" \
-      train.seed="$seed" train.epochs=30 train.patience=3 eval.max_users=0 ${MODES[$mode]} | tail -1 > "$OUT/$mode-s$seed.json"
+      train.seed="$seed" train.epochs="$EPOCHS" train.patience="$PATIENCE" eval.max_users=0 ${MODES[$mode]} | tail -1 > "$OUT/$mode-s$seed.json"
   done
 done
 $PY - "$OUT" <<'PYEOF'

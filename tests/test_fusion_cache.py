@@ -347,6 +347,14 @@ def test_deferred_grad_config_guard(tmp_path):
             check_deferred_grad(ds)
 
 
+def test_deferred_grad_notes_a_long_window():
+    from metammf_dist.engine.fusion_cache import DEFERRED_GRAD_WINDOW_HINT, deferred_grad_note
+
+    assert deferred_grad_note(10) is None and deferred_grad_note(DEFERRED_GRAD_WINDOW_HINT) is None
+    note = deferred_grad_note(400)
+    assert "train.fusion_cache_refresh=400" in note and "800 steps old" in note
+
+
 @pytest.mark.multiproc
 def test_deferred_grad_training_resumes_mid_epoch_like_a_straight_run(synth_ds, tmp_path):
     """2 ranks, ZeRO-2, K = 3: the pending sums (averaged over ranks before a checkpoint), their step count and the

@@ -32,7 +32,8 @@ from metammf_dist.data.item_knn import feature_knn
 from metammf_dist.engine.checkpoint import Checkpoints, tag_for
 from metammf_dist.engine.deepspeed_engine import build_engine, gathered_model, load_ds_config
 from metammf_dist.engine.dist import DistInfo, init_distributed, log_main
-from metammf_dist.engine.fusion_cache import FILE_NAME as FUSION_CACHE_FILE, FusionCache, check_deferred_grad
+from metammf_dist.engine.fusion_cache import (FILE_NAME as FUSION_CACHE_FILE, FusionCache, check_deferred_grad,
+                                             deferred_grad_note)
 from metammf_dist.engine.gcn_history import FILE_NAME as GCN_HISTORY_FILE, GCNHistory
 from metammf_dist.engine.sparse_ids import FILE_NAME as ID_TABLES_FILE, SparseIdTables
 from metammf_dist.engine.inference import compute_vectors, split_csr
@@ -114,6 +115,9 @@ class Trainer:
             )
             if cfg.train.fusion_cache_deferred_grad:
                 check_deferred_grad(self.ds_config)
+                note = deferred_grad_note(cfg.train.fusion_cache_refresh)
+                if note:
+                    log_main(self.info, note)
             self.batches.seed_features_only = True
             self.batches.grad_items_per_step = cfg.train.fusion_cache_grad_items
         self.gcn_history: Optional[GCNHistory] = None
