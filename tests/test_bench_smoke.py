@@ -42,21 +42,26 @@ def test_bench_eval_tiny_reports_its_json():
     assert out["evaluated_users"] == 300 and out["eval_vs_bare"] > 0
 
 
-def test_bench_fullstep_tiny_reports_its_json(tmp_path):
+def _run_fullstep(tmp_path, synth: dict, *args):
+    """``bench fullstep`` on a tiny synthetic catalog (``synth``: SynthSpec fields), the tiny model, 1 thread."""
     from metammf_dist.data.synth import SynthSpec, generate
 
-    generate(SynthSpec(num_users=500, num_items=800, num_interactions=6000, modalities={"image": 8, "text": 8}, seed=2),
-             str(tmp_path / "ds"))
+    generate(SynthSpec(modalities={"image": 8, "text": 8}, **synth), str(tmp_path / "ds"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "metammf_dist", "bench", "fullstep", "configs/scale/base.yaml",
            f"data.path={tmp_path / 'ds'}", "model.fusion_dims=[16,8]", "model.item_id_dim=8", "model.user_id_dim=16",
-           "train.batch_size=256", "--cached-steps", "2", "--chunk", "300"]
+           *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc.stdout, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_bench_fullstep_tiny_reports_its_json(tmp_path):
+    _, out = _run_fullstep(tmp_path, dict(num_users=500, num_items=800, num_interactions=6000, seed=2),
+                           "train.batch_size=256", "--cached-steps", "2", "--chunk", "300")
     assert out["num_items"] == 800 and out["full_fusion_s"] > 0 and out["full_gcn_s"] > 0
     assert out["cached_step_s"] > 0 and out["epoch_speedup"] == out["full_step_s"] / out["cached_step_s"]
 
@@ -64,19 +69,8 @@ def test_bench_fullstep_tiny_reports_its_json(tmp_path):
 def test_bench_fullstep_times_a_deferred_gradient_refresh(tmp_path):
     """With ``train.fusion_cache_deferred_grad`` the amortised refresh is one that backpropagates the pending
     neighbour gradients (the first refresh of a run has none to backpropagate)."""
-    from metammf_dist.data.synth import SynthSpec, generate
-
-    generate(SynthSpec(num_users=300, num_items=400, num_interactions=3000, modalities={"image": 8, "text": 8}, seed=3),
-             str(tmp_path / "ds"))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "metammf_dist", "bench", "fullstep", "configs/scale/base.yaml",
-           f"data.path={tmp_path / 'ds'}", "model.fusion_dims=[16,8]", "model.item_id_dim=8", "model.user_id_dim=16",
-           "train.batch_size=128", "train.fusion_cache_deferred_grad=true", "--cached-steps", "2", "--cached-only"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "refresh with deferred neighbour gradients (400 items fwd+bwd)" in proc.stdout, proc.stdout[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    stdout, out = _run_fullstep(tmp_path, dict(num_users=300, num_items=400, num_interactions=3000, seed=3),
+                                "train.batch_size=128", "train.fusion_cache_deferred_grad=true", "--cached-steps", "2",
+                                "--cached-only")
+    assert "refresh with deferred neighbour gradients (400 items fwd+bwd)" in stdout, stdout[-2000:]
     assert out["cached_refresh_s"] > 0 and out["cached_step_s"] > 0
