@@ -40,12 +40,17 @@ for seed in "${SEEDS[@]}"; do
   done
 done
 $PY - "$OUT" <<'PYEOF'
-import glob, json, math, statistics, sys
+import glob, json, math, os, statistics, sys
 out = sys.argv[1]
-res = {}
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093}
+res, by_seed = {}, {}
 for path in sorted(glob.glob(f"{out}/*-s*.json")):
-    mode = path.rsplit("/", 1)[1].rsplit("-s", 1)[0]
+    mode, seed = path.rsplit("/", 1)[1][:-5].rsplit("-s", 1)
+    if os.path.getsize(path) == 0:  # a run still going (or one that failed): left out
+        continue
     m = json.load(open(path))
+    by_seed.setdefault(mode, {})[seed] = m["recall@20"]
     t = json.load(open(path[:-5] + "/usage.json"))
     res.setdefault(mode, []).append((m["recall@20"], m["ndcg@20"], m["best_epoch"], t["train_seconds"]))
 base_runs = [r[0] for r in res["nocache"]]
@@ -62,5 +67,14 @@ for mode, rows in res.items():
         # runs are not bit-reproducible (2 threads): treat each as an independent draw; normal 95 % interval
         se = math.sqrt(statistics.variance(runs) / len(runs) + statistics.variance(base_runs) / len(base_runs))
         line["relative_95ci"] = [round((r20 - base - 1.96 * se) / base, 4), round((r20 - base + 1.96 * se) / base, 4)]
+        # paired by seed (same initial weights and batches in every mode, so seeds that run high do so in all
+        # modes): mean of the per-seed relative differences with a Student-t 95 % interval
+        diffs = [by_seed[mode][s] / by_seed["nocache"][s] - 1 for s in by_seed[mode] if s in by_seed["nocache"]]
+        if len(diffs) > 1:
+            half = T975.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+            mean = statistics.mean(diffs)
+            line["paired_seeds"] = len(diffs)
+            line["paired_relative"] = round(mean, 4)
+            line["paired_relative_95ci"] = [round(mean - half, 4), round(mean + half, 4)]
     print(json.dumps(line))
 PYEOF
