@@ -26,9 +26,9 @@ done
 python3 - "$OUT" <<'PYEOF'
 import json, os, sys
 out = sys.argv[1]
-res = {mode: json.load(open(f"{out}/{mode}/summary.json"))
-       for mode in ("nocache", "cache", "cachegrad", "cachedefer", "history") if os.path.exists(f"{out}/{mode}/summary.json")}
-base_mode = next(mode for mode in ("nocache", "cache", "cachegrad", "cachedefer", "history") if mode in res)  # the slowest mode that ran
+modes = ("nocache", "cache", "cachegrad", "cachedefer", "history")  # slowest first
+res = {mode: json.load(open(f"{out}/{mode}/summary.json")) for mode in modes if os.path.exists(f"{out}/{mode}/summary.json")}
+base_mode = next(mode for mode in modes if mode in res)  # the slowest mode that ran
 base = res[base_mode]["recall@20"]
 for mode, r in res.items():
     print(json.dumps({"mode": mode, **r}))
