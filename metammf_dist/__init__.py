@@ -1,8 +1,8 @@
 """metammf-dist: MetaMMF multimodal recommenders trained at cluster scale.
 
-Data path: ``sharding`` (feature shards) -> ``metammf_dist.data`` (datasets) -> ``metammf_dist.sampler``
-(DGL or torch-only mini-batches) -> ``metammf_dist.model`` (pure torch) -> ``metammf_dist.engine`` (DeepSpeed)
--> ``metammf_dist.evaluation`` (full ranking).
+Data path: ``sharding`` (feature shards) -> ``data`` (datasets) -> ``graph`` (the train graph) -> ``sampler``
+(mini-batches) -> ``model`` (pure torch) -> ``train`` (the loop; ``strategies`` for big catalogs,
+``distributed`` for ranks and DeepSpeed) -> ``evaluation`` (full ranking).  ``commands`` holds the CLI.
 """
 import os as _os
 

@@ -15,15 +15,15 @@ from typing import List, Optional
 
 # command name -> module with ``add_arguments(parser)`` and ``run(args) -> int``
 COMMANDS = {
-    "prepare": ("metammf_dist.data.cli_prepare", "import a public dataset into the canonical form"),
-    "synth": ("metammf_dist.data.cli_synth", "generate a synthetic catalog with planted structure"),
-    "info": ("metammf_dist.data.cli_info", "summarize a dataset (and --verify its shards) or a model config"),
-    "train": ("metammf_dist.engine.cli_train", "train (and evaluate) a model from a YAML config"),
-    "evaluate": ("metammf_dist.engine.cli_evaluate", "evaluate the best checkpoint of a run folder"),
-    "export": ("metammf_dist.engine.cli_export", "export user/item vectors and top-K lists of a run to Parquet"),
-    "plan": ("metammf_dist.planner.cli_plan", "predict per-rank memory for a config, world size and ZeRO stage"),
-    "scale": ("metammf_dist.scaling.cli_scale", "scaling sweep over synthetic catalogs: CSV, markdown table, plots"),
-    "bench": ("metammf_dist.bench.cli", "benchmarks: features | fusion | train | sampler | eval"),
+    "prepare": ("metammf_dist.commands.prepare", "import a public dataset into the canonical form"),
+    "synth": ("metammf_dist.commands.synth", "generate a synthetic catalog with planted structure"),
+    "info": ("metammf_dist.commands.info", "summarize a dataset (and --verify its shards) or a model config"),
+    "train": ("metammf_dist.commands.train", "train (and evaluate) a model from a YAML config"),
+    "evaluate": ("metammf_dist.commands.evaluate", "evaluate the best checkpoint of a run folder"),
+    "export": ("metammf_dist.commands.export", "export user/item vectors and top-K lists of a run to Parquet"),
+    "plan": ("metammf_dist.commands.plan", "predict per-rank memory for a config, world size and ZeRO stage"),
+    "scale": ("metammf_dist.commands.scale", "scaling sweep over synthetic catalogs: CSV, markdown table, plots"),
+    "bench": ("metammf_dist.commands.bench", "benchmarks: features | fusion | train | sampler | eval"),
 }
 
 

@@ -67,12 +67,6 @@ class TrainConfig:
     log_every: int = 10
     graph_backend: str = "dgl"  # dgl | torch (torch-only graph, sampler and GCN path: no DGL needed)
     fusion_cache_refresh: int = 0  # 0 = off; K > 0: neighbour items read a fusion cache refreshed every K steps
-    fusion_cache_grad_items: int = 0  # with the cache: S random neighbour items a step also fused exactly, their
-    #                                   gradient weighted by (neighbour items / S): an unbiased estimate of the
-    #                                   fusion gradient the uncached step gets from all its neighbour items
-    fusion_cache_deferred_grad: bool = False  # with the cache: the loss gradients at the cached rows are summed per
-    #                                   item and backpropagated through the next refresh; the result is added to
-    #                                   the fusion's gradient over the following window (fusion_cache.py)
     id_tables: str = "dense"  # dense: inside the DeepSpeed engine (ZeRO); sparse: outside it, lazy row-wise Adam
     id_lr: float = 0.0  # learning rate of sparse ID tables (0 = train.lr); a row is updated only when it is looked up
     lr_schedule: str = "constant"  # constant | cosine (train.lr -> train.lr * lr_min_ratio over train.epochs)
@@ -188,18 +182,51 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(choices)}")
-    positive = {
+    positive = {  # sizes, rates and counts that must be > 0
         "train.batch_size": cfg.train.batch_size,
         "train.num_negatives": cfg.train.num_negatives,
+        "train.lr": cfg.train.lr,
+        "train.epochs": cfg.train.epochs,
+        "train.eval_every": cfg.train.eval_every,
+        "train.patience": cfg.train.patience,
+        "train.keep_checkpoints": cfg.train.keep_checkpoints,
         "model.meta_dim": cfg.model.meta_dim,
         "model.cp_rank": cfg.model.cp_rank,
         "model.item_id_dim": cfg.model.item_id_dim,
         "model.user_id_dim": cfg.model.user_id_dim,
         "model.id_init_std": cfg.model.id_init_std,
+        "model.gcn_layers": cfg.model.gcn_layers,
+        "data.cache_mb": cfg.data.cache_mb,
+        "eval.item_chunk": cfg.eval.item_chunk,
+        "eval.user_chunk": cfg.eval.user_chunk,
     }
+    if cfg.model.meta_hidden is not None:
+        positive["model.meta_hidden"] = cfg.model.meta_hidden
     for key, value in positive.items():
-        if value <= 0:
+        if not value > 0:  # also catches NaN
             raise ConfigError(f"config key '{key}': must be positive, got {value}")
+    non_negative = {  # 0 means "off" / "all" for these
+        "train.weight_decay": cfg.train.weight_decay,
+        "train.id_lr": cfg.train.id_lr,
+        "train.num_workers": cfg.train.num_workers,
+        "train.max_steps_per_epoch": cfg.train.max_steps_per_epoch,
+        "train.checkpoint_every_steps": cfg.train.checkpoint_every_steps,
+        "train.log_every": cfg.train.log_every,
+        "train.seed": cfg.train.seed,
+        "model.leaky_slope": cfg.model.leaky_slope,
+        "eval.max_users": cfg.eval.max_users,
+    }
+    for key, value in non_negative.items():
+        if not value >= 0:
+            raise ConfigError(f"config key '{key}': must be >= 0, got {value}")
+    for i, dim in enumerate(cfg.model.fusion_dims):
+        if dim <= 0:
+            raise ConfigError(f"config key 'model.fusion_dims[{i}]': must be positive, got {dim} "
+                              f"(in {cfg.model.fusion_dims})")
+    for i, fanout in enumerate(cfg.train.fanouts):
+        if fanout == 0 or fanout < -1:
+            raise ConfigError(f"config key 'train.fanouts[{i}]': must be positive or -1 (every neighbour), got {fanout}")
+    _validate_eval(cfg.eval)
     if not 0.0 <= cfg.train.lr_min_ratio <= 1.0:
         raise ConfigError(f"config key 'train.lr_min_ratio': must be in [0, 1], got {cfg.train.lr_min_ratio}")
     if cfg.model.item_knn < 0:
@@ -212,23 +239,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "config key 'train.fusion_cache_refresh': the fusion cache needs model.scorer=gcn and train.sampler=neighbor "
             f"(got {cfg.model.scorer} / {cfg.train.sampler}); set it to 0"
-        )
-    if cfg.train.fusion_cache_grad_items < 0:
-        raise ConfigError("config key 'train.fusion_cache_grad_items': must be >= 0 (0 = off), "
-                          f"got {cfg.train.fusion_cache_grad_items}")
-    if cfg.train.fusion_cache_grad_items > 0 and (cfg.train.fusion_cache_refresh <= 0 or cfg.train.gcn_history):
-        raise ConfigError(
-            "config key 'train.fusion_cache_grad_items': samples neighbour items of the plain fusion cache; it needs "
-            f"train.fusion_cache_refresh > 0 and train.gcn_history=false (got {cfg.train.fusion_cache_refresh} / "
-            f"{cfg.train.gcn_history}); set it to 0"
-        )
-    if cfg.train.fusion_cache_deferred_grad and (cfg.train.fusion_cache_refresh <= 0 or cfg.train.gcn_history
-                                                 or cfg.train.fusion_cache_grad_items > 0):
-        raise ConfigError(
-            "config key 'train.fusion_cache_deferred_grad': defers the neighbour gradients of the plain fusion cache; "
-            "it needs train.fusion_cache_refresh > 0, train.gcn_history=false and train.fusion_cache_grad_items=0 "
-            f"(got {cfg.train.fusion_cache_refresh} / {cfg.train.gcn_history} / {cfg.train.fusion_cache_grad_items}); "
-            "set it to false"
         )
     if cfg.train.gcn_history and (cfg.train.fusion_cache_refresh <= 0 or cfg.model.gcn_layers < 2):
         raise ConfigError(
@@ -250,6 +260,30 @@ def validate(cfg: Config) -> Config:
             "config key 'model.user_id_dim': must equal model.fusion_dims[-1] + model.item_id_dim "
             f"({cfg.model.fusion_dims[-1]} + {cfg.model.item_id_dim}) for dot-product scoring, got {cfg.model.user_id_dim}"
         )
+    return cfg
+
+
+def _validate_eval(ev: "EvalConfig") -> None:
+    from metammf_dist.evaluation.metrics import METRIC_NAMES
+
+    if not ev.ks:
+        raise ConfigError("config key 'eval.ks': needs at least one cut-off, e.g. [10, 20]")
+    for i, k in enumerate(ev.ks):
+        if k <= 0:
+            raise ConfigError(f"config key 'eval.ks[{i}]': cut-offs must be >= 1, got {k}")
+    if len(set(ev.ks)) != len(ev.ks):
+        raise ConfigError(f"config key 'eval.ks': repeats a cut-off ({ev.ks})")
+    computed = [f"{name}@{k}" for k in ev.ks for name in METRIC_NAMES]
+    if ev.metric not in computed:
+        raise ConfigError(f"config key 'eval.metric': {ev.metric!r} is not computed with eval.ks={ev.ks} "
+                          f"(one of {', '.join(computed)})")
+
+
+def require_data_path(cfg: Config) -> Config:
+    """Commands that read the dataset (train) need ``data.path``; a one-line error naming the key otherwise."""
+    if not cfg.data.path:
+        raise ConfigError("config key 'data.path': not set (the dataset folder or URL that `metammf-dist prepare` "
+                          "or `synth` wrote; e.g. data.path=data/tiktok)")
     return cfg
 
 

@@ -6,8 +6,8 @@
 # the sdist under build/horovod/, raises both to 17 and pip-installs the patched tree.  It takes ~15 min on
 # 2 cores (MAKEFLAGS=-j2 by default; set MAKEFLAGS yourself to change it) and needs g++ and cmake >= 3.13
 # (cmake comes from PyPI into the venv when the system has none).  Idempotent: exits at once when
-# horovod.torch 0.28.1 already imports with Gloo built in.  Not part of CI (too slow); see metammf_dist/hvd/.
-# Usage: bash scripts/build_horovod.sh          (after scripts/setup_latest.sh)
+# horovod.torch 0.28.1 already imports with Gloo built in.  scripts/setup_latest.sh runs it; see metammf_dist/hvd/.
+# Usage: bash scripts/build_horovod.sh          (scripts/setup_latest.sh calls it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=0.28.1

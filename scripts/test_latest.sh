@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up the latest lane (scripts/setup_latest.sh: torch 2.13, deepspeed 0.19, no DGL) and run the part of
-# the suite that applies without DGL: the torch graph backend (sampler, blocks, GCN path; its DGL
-# comparisons skip), training on it (1 process, 2-rank ZeRO 0/3, resume), evaluation, the fusion
+# Set up the latest lane (scripts/setup_latest.sh: torch 2.13, deepspeed 0.19, Horovod, no DGL) and run the part
+# of the suite that applies without DGL: the torch graph backend (sampler, blocks, GCN path; its DGL comparisons
+# skip), training on it (1 process, 2-rank ZeRO 0/3, resume), Horovod against DeepSpeed, evaluation, the fusion
 # model, the shard store and the data importers (numpy 2, pandas 3, pyarrow 26 here).  Tests whose subject is DGL itself (test_sampler.py's DGL backend,
 # test_model_gcn.py / test_model_recommender.py on DGL blocks) and the launcher/Slurm tests (same code path,
 # run by the DGL lane) are left to scripts/test.sh.  Fails if pytest collects no test (exit 5).
@@ -25,6 +25,7 @@ LATEST_TESTS=(
   tests/test_sparse_ids.py
   tests/test_scaling.py
   tests/test_gcn_history.py
+  tests/test_hvd.py
 )
 rc=0
 .venv-latest/bin/python -m pytest -q -m "not slow" "${LATEST_TESTS[@]}" "$@" || rc=$?

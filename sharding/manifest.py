@@ -8,7 +8,7 @@ the shard and row-group sizes, and per shard its item range ``[start, stop)``, b
 Column encodings (``encoding``): ``"binary"`` (what the writer makes) stores each modality as Parquet
 FIXED_LEN_BYTE_ARRAY, one ``dim x dtype`` little-endian vector per row — a row group decodes about twice as
 fast as a list column (random seed-item gathers of a 1M store, 256 MB cache: 315 vs 656 ms;
-``scripts/bench_direct_reads.py``), and rows can be read directly (``rows.py``); ``"list"`` (manifests without the field) stores ``FixedSizeList<dtype>[dim]``,
+``experiments/bench_direct_reads.py``), and rows can be read directly (``rows.py``); ``"list"`` (manifests without the field) stores ``FixedSizeList<dtype>[dim]``,
 which other Arrow tools read as numeric lists directly.  Readers handle both.
 """
 from __future__ import annotations

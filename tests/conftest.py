@@ -1,26 +1,10 @@
-"""Shared test setup: where the read-only shared data lives, and a TikTok dataset imported once per session.
-
-The shared data sits beside the checkout (``../shared/data``, as in CI) unless METAMMF_SHARED_DATA says
-otherwise.  Tests that need it FAIL when it is missing: a silent skip would hide a broken CI setup.
-"""
+"""Session fixtures: the shared TikTok data imported once, and a small synthetic catalog (helpers: ``helpers.py``)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-from metammf_dist.engine.dist import free_port  # noqa: F401  (the tests' free-port helper)
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("METAMMF_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def shared(*parts: str) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.fail(f"shared data missing: {path} (set METAMMF_SHARED_DATA)")
-    return path
+from helpers import shared
 
 
 @pytest.fixture(scope="session")

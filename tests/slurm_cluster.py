@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from metammf_dist.engine.dist import free_port
+from metammf_dist.distributed.process_group import free_port
 
 SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "sinfo", "scontrol")

@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import SHARED_DATA, shared
 
 from metammf_dist.cli import main
 from metammf_dist.data.dataset import Dataset, write_dataset
 from metammf_dist.data.mmrec import import_mmrec
 from metammf_dist.errors import DataError
-
-from conftest import SHARED_DATA, shared
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = SHARED_DATA

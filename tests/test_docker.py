@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import shared
+from helpers import shared
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILES = ["docker/Dockerfile.cpu", "docker/Dockerfile.cuda"]

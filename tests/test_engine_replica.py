@@ -6,18 +6,18 @@ keep ID tables that ``train.id_tables=sparse`` moved out of the module tree.
 """
 import pytest
 import torch
+from helpers import FEAT, N_ITEMS, N_USERS, toy_cfg, toy_feats, toy_graph
 
-from metammf_dist.engine.deepspeed_engine import replicate
-from metammf_dist.engine.sparse_ids import SparseIdTables
+from metammf_dist.distributed.deepspeed_engine import replicate
+from metammf_dist.distributed.id_tables import SparseIdTables
 from metammf_dist.model import build_model
-from test_model_recommender import FEAT, N_ITEMS, N_USERS, _cfg, _feats, _graph
 
 OPTIONS = dict(gcn_type="light", item_knn=2, item_knn_at="output", feature_norm="standardize")
 
 
 def _trained_like(**overrides):
     """A model whose every parameter and buffer differs from a fresh build's (as after training)."""
-    cfg = _cfg(**{**OPTIONS, **overrides})
+    cfg = toy_cfg(**{**OPTIONS, **overrides})
     torch.manual_seed(0)
     model = build_model(cfg, N_USERS, N_ITEMS, FEAT).double()
     with torch.no_grad():
@@ -25,14 +25,14 @@ def _trained_like(**overrides):
             p.add_(torch.randn_like(p))
     model.set_feature_stats(torch.rand(FEAT) + 1, torch.rand(FEAT) + 0.5)
     model.set_item_graph(torch.stack([torch.arange(N_ITEMS), (torch.arange(N_ITEMS) + 3) % N_ITEMS], 1))
-    g = _graph()
+    g = toy_graph()
     model.set_degrees(*g.edges(etype="ui"))
     return cfg, model, g
 
 
 def _vectors(model, g):
     ids = torch.arange(N_ITEMS)
-    out = {"user": model.user_vectors(torch.arange(N_USERS)), "item": model.item_vectors(ids, _feats())}
+    out = {"user": model.user_vectors(torch.arange(N_USERS)), "item": model.item_vectors(ids, toy_feats())}
     out = model.propagate_graph(g, out)
     return model.add_item_graph(out, ids)
 
@@ -72,6 +72,6 @@ def test_replica_keeps_sparse_id_tables_outside_the_module_tree():
 
 def test_replica_of_a_different_architecture_is_refused():
     cfg, model, _ = _trained_like()
-    other = _cfg(**{**OPTIONS, "fusion_dims": [8, 8, 4]})  # one more fusion layer: its weights have no source
+    other = toy_cfg(**{**OPTIONS, "fusion_dims": [8, 8, 4]})  # one more fusion layer: its weights have no source
     with pytest.raises(RuntimeError, match="no counterpart"):
         replicate(model, lambda: build_model(other, N_USERS, N_ITEMS, FEAT))

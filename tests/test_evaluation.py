@@ -10,9 +10,8 @@ import random
 import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import SHARED_DATA
 import torch
+from helpers import SHARED_DATA
 
 from metammf_dist.evaluation import (
     build_csr,

@@ -10,13 +10,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import SHARED_DATA
-from gloo_ranks import init_rank, leave, run_ranks
 import torch
 import torch.distributed as dist
+from gloo_ranks import init_rank, leave, run_ranks
+from helpers import SHARED_DATA
 
-from metammf_dist.evaluation import build_csr, evaluate_full_ranking, evaluate_popularity, merge_csr
+from metammf_dist.evaluation import (
+    build_csr,
+    evaluate_full_ranking,
+    evaluate_popularity,
+    merge_csr,
+)
 
 TIKTOK = SHARED_DATA / "tiktok" / "tiktok.inter"
 WORLD_SIZE = 2

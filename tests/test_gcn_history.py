@@ -1,4 +1,4 @@
-"""GCN layer histories (``train.gcn_history``, engine/gcn_history.py): the one-hop history pass equals the
+"""GCN layer histories (``train.gcn_history``, strategies/gcn_history.py): the one-hop history pass equals the
 full-graph GCN when the histories are fresh; gradients reach only the seeds' ID rows; pushes and refreshes;
 a 2-rank ZeRO-3 run resumed mid-epoch equals a straight run; the config guard.
 
@@ -9,17 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import close, straight_and_resumed
 
 from metammf_dist.config import ConfigError, ModelConfig, load_config
-from metammf_dist.engine.fusion_cache import FusionCache
-from metammf_dist.engine.gcn_history import GCNHistory
-from metammf_dist.engine.objective import BPRObjective
 from metammf_dist.model import build_model
 from metammf_dist.sampler import build_train_graph, make_batches
 from metammf_dist.sampler.features import attach_features
 from metammf_dist.sampler.torch_neighbor import TorchNeighborSampler
-
-from test_train import close, straight_and_resumed
+from metammf_dist.strategies.fusion_cache import FusionCache
+from metammf_dist.strategies.gcn_history import GCNHistory
+from metammf_dist.train.objective import BPRObjective
 
 N_USERS, N_ITEMS, FEAT = 90, 150, 10
 
@@ -48,7 +47,8 @@ def _model(combine: str, layers: int = 2, dropout=(0.0,), knn_at=None):
 def _history_inputs(model, graph, feats, users, items, block_users, block_items):
     """Fusion snapshot, fresh histories and the forward_blocks arguments of a one-hop history step."""
     fused = model.fuse(feats).detach()
-    history = GCNHistory(N_USERS, N_ITEMS, model.dim, model.gcn.num_layers)
+    history = GCNHistory(FusionCache(N_ITEMS, 4, refresh_every=10, store=None), graph, N_USERS, model.dim,
+                         model.gcn.num_layers)
     history.refresh(model, fused, graph, global_step=0)
     n_u, n_i = users.numel(), items.numel()
     rows = history.lookup({"user": block_users[n_u:], "item": block_items[n_i:]})
@@ -70,15 +70,15 @@ def test_history_pass_with_fresh_histories_equals_the_full_graph(setup, combine,
     fused, history, rows = _history_inputs(model, graph, feats, users, items, in_users, in_items)
     out = model.forward_blocks(blocks, in_users, in_items, feats[items], cached_fusion=fused[in_items[items.numel():]],
                                neighbor_history=rows)
+    hidden = out["fresh"]["hidden"]
     with torch.no_grad():
         full = model.forward_graph(graph, feats)
     # the history tables are float32: compare at float32 precision
     torch.testing.assert_close(out["user"], full["user"][users], rtol=0, atol=1e-5)
     torch.testing.assert_close(out["item"], full["item"][items], rtol=0, atol=1e-5)
-    # fresh_hidden: the seeds' layer-0 .. L-1 vectors, what a push writes back
-    assert len(model.gcn.fresh_hidden) == layers
-    torch.testing.assert_close(model.gcn.fresh_hidden[1]["item"].float(), history.tables[0]["item"][items],
-                               rtol=0, atol=1e-5)
+    # the returned fresh rows: the seeds' layer-0 .. L-1 vectors, what a push writes back
+    assert len(hidden) == layers
+    torch.testing.assert_close(hidden[1]["item"].float(), history.tables[0]["item"][items], rtol=0, atol=1e-5)
 
 
 def test_gradients_reach_only_the_seeds_id_rows(setup):
@@ -92,9 +92,7 @@ def test_gradients_reach_only_the_seeds_id_rows(setup):
     fused, history, rows = _history_inputs(model, graph, feats, batch.output_users, batch.output_items,
                                            batch.input_users, batch.input_items)
     batch.item_feats = batch.item_feats.double()
-    batch.cached_fusion = fused[batch.input_items[n_i:]]
-    batch.neighbor_history = rows
-    loss = BPRObjective(model)(batch)
+    loss, _ = BPRObjective(model)(batch, cached_fusion=fused[batch.input_items[n_i:]], neighbor_history=rows)
     loss.backward()
     for table, seeds, n_nodes in ((model.user_emb, batch.output_users, N_USERS),
                                   (model.item_emb, batch.output_items, N_ITEMS)):
@@ -137,6 +135,7 @@ def test_split_aggregation_matches_the_whole_block_tape(setup, layers):
         seeds = {t: full[t][ids].clone().requires_grad_() for t, ids in (("user", users), ("item", items))}
         rest = {"user": full["user"][in_users[users.numel():]], "item": full["item"][in_items[items.numel():]]}
         out = run(blocks[0], seeds, rest, rows)
+        out = out[0] if isinstance(out, tuple) else out  # forward_history also returns the fresh rows
         ((out["user"] ** 2).sum() + out["item"].sum()).backward()
         results.append((out, {t: seeds[t].grad for t in seeds}, [p.grad.clone() for p in model.gcn.parameters()]))
     (out_a, seed_a, par_a), (out_b, seed_b, par_b) = results
@@ -152,15 +151,15 @@ def test_push_writes_seed_rows_last_rank_wins_and_fusion_cache(setup):
     graph, feats = setup
     model = _model("mean")
     fused = model.fuse(feats).detach().float()
-    history = GCNHistory(N_USERS, N_ITEMS, model.dim, 2)
-    history.refresh(model, fused, graph, global_step=0)
-    cache = FusionCache(N_ITEMS, 4, refresh_every=10)
+    cache = FusionCache(N_ITEMS, 4, refresh_every=10, store=None)
     cache.fused, cache.refreshed_at = fused.clone(), 0
+    history = GCNHistory(cache, graph, N_USERS, model.dim, 2)
+    history.refresh(model, fused, graph, global_step=0)
     before_users = history.tables[0]["user"].clone()
     ids = {"user": torch.tensor([4, 9, 4]), "item": torch.tensor([7])}  # user 4 twice: the later row wins
     fresh = [{"user": torch.zeros(3, 7), "item": torch.full((1, 7), 2.0)},
              {"user": torch.tensor([[1.0] * 7, [2.0] * 7, [3.0] * 7]), "item": torch.full((1, 7), 5.0)}]
-    history.push(ids, fresh, fusion_cache=cache)
+    history.push(ids, fresh)
     assert history.tables[0]["user"][4].tolist() == [3.0] * 7 and history.tables[0]["user"][9].tolist() == [2.0] * 7
     assert history.tables[0]["item"][7].tolist() == [5.0] * 7
     assert cache.fused[7].tolist() == [2.0] * 4  # the fusion part (first 4 dims) of the seed's layer-0 vector

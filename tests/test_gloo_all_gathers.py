@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from gloo_ranks import init_rank, leave, run_ranks
 
 WORLD_SIZE = 2
@@ -26,7 +25,7 @@ def worker(rank, out_dir):
     import deepspeed
     import deepspeed.comm as ds_comm
 
-    from metammf_dist.engine.deepspeed_engine import complete_async_all_gathers
+    from metammf_dist.distributed.deepspeed_engine import complete_async_all_gathers
 
     deepspeed.init_distributed(dist_backend="gloo")
     complete_async_all_gathers()

@@ -7,13 +7,13 @@ import dgl
 import numpy as np
 import pytest
 import torch
+from helpers import N_ITEMS, N_USERS, toy_graph
 
 from metammf_dist.config import ConfigError, ModelConfig, load_config
 from metammf_dist.data.item_knn import feature_knn
-from metammf_dist.engine.inference import compute_vectors
 from metammf_dist.model import build_model
+from metammf_dist.train.inference import compute_vectors
 from sharding import FeatureStore, write_store
-from test_model_recommender import N_ITEMS, N_USERS, _graph  # the same toy user–item graph
 
 MODS = {"image": 5, "audio": 3}
 FEAT = sum(MODS.values())
@@ -115,7 +115,7 @@ def test_input_mode_adds_the_neighbours_mean_to_the_layer0_id_part():
 def test_blocks_path_equals_full_graph_and_inference(scorer, at, tmp_path):
     model = _model(scorer, at)
     feats = np.random.default_rng(3).normal(size=(N_ITEMS, FEAT))
-    g, all_feats = _graph(), torch.from_numpy(feats)
+    g, all_feats = toy_graph(), torch.from_numpy(feats)
     full = model.forward_graph(g, all_feats, chunk_size=4)
     plain = _model(scorer, at)
     plain.knn_index.copy_(torch.zeros_like(plain.knn_index))  # every item's neighbours: item 0 only

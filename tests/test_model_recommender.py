@@ -6,44 +6,28 @@ full-graph path, allocation-free parameter counts, and one BPR step on a toy pro
 import dgl
 import pytest
 import torch
+from helpers import FEAT, N_ITEMS, N_USERS, toy_cfg, toy_feats, toy_graph
 from torch.nn import functional as F
 
 from metammf_dist.config import ConfigError, ModelConfig, load_config
-from metammf_dist.model import build_model, count_parameters, format_parameter_table, parameter_counts
+from metammf_dist.model import (
+    build_model,
+    count_parameters,
+    format_parameter_table,
+    parameter_counts,
+)
 from metammf_dist.model.recommender import MetaMMFRecommender
 
 TOL = dict(rtol=0.0, atol=1e-10)
-N_USERS, N_ITEMS, FEAT = 6, 9, 11
-
-
-def _cfg(**overrides) -> ModelConfig:
-    base = dict(fusion_dims=[8, 4], item_id_dim=3, user_id_dim=7, meta_dim=3, cp_rank=2, gcn_layers=2)
-    base.update(overrides)
-    return ModelConfig(**base)
-
-
 def _model(seed: int = 0, **overrides) -> MetaMMFRecommender:
     torch.manual_seed(seed)
-    return build_model(_cfg(**overrides), N_USERS, N_ITEMS, FEAT).double().eval()
-
-
-def _feats(n: int = N_ITEMS, seed: int = 1) -> torch.Tensor:
-    return torch.randn(n, FEAT, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def _graph(seed: int = 2):
-    gen = torch.Generator().manual_seed(seed)
-    pairs = torch.unique(torch.stack([torch.randint(0, N_USERS, (20,), generator=gen),
-                                      torch.randint(0, N_ITEMS, (20,), generator=gen)], 1), dim=0)
-    u, i = pairs[:, 0], pairs[:, 1]
-    return dgl.heterograph({("user", "ui", "item"): (u, i), ("item", "iu", "user"): (i, u)},
-                           num_nodes_dict={"user": N_USERS, "item": N_ITEMS})
+    return build_model(toy_cfg(**overrides), N_USERS, N_ITEMS, FEAT).double().eval()
 
 
 def test_cold_start_item_gets_fusion_plus_mean_id_row():
     model = _model(scorer="mf")
     ids = torch.tensor([2, N_ITEMS, N_ITEMS + 5])  # one known item, two with no ID row
-    feats = _feats(3)
+    feats = toy_feats(3)
     vecs = model.item_vectors(ids, feats)
     assert vecs.shape == (3, 7)
     fused = model.fusion(feats)
@@ -59,14 +43,14 @@ def test_cold_start_item_gets_fusion_plus_mean_id_row():
 def test_mf_scores_are_dot_products_and_blocks_select_dst_nodes():
     model = _model(scorer="mf")
     assert model.gcn is None
-    users, items, feats = torch.tensor([0, 4, 5]), torch.tensor([1, 8, 3]), _feats(3)
+    users, items, feats = torch.tensor([0, 4, 5]), torch.tensor([1, 8, 3]), toy_feats(3)
     out = model.forward_blocks(None, users, items, feats)
     scores = model.score(out["user"], out["item"])
     expected = torch.stack([sum(out["user"][r, c] * out["item"][r, c] for c in range(7)) for r in range(3)])
     torch.testing.assert_close(scores, expected, **TOL)
     torch.testing.assert_close(out["user"], model.user_emb.weight[users], **TOL)
     # with blocks: only the dst nodes of the last block (a prefix of the inputs) are computed
-    g, all_feats = _graph(), _feats()
+    g, all_feats = toy_graph(), toy_feats()
     input_nodes, output_nodes, blocks = dgl.dataloading.NeighborSampler([-1, -1]).sample(
         g, {"user": torch.tensor([1, 3]), "item": torch.tensor([0])})
     out = model.forward_blocks(blocks, input_nodes["user"], input_nodes["item"], all_feats[input_nodes["item"]])
@@ -78,7 +62,7 @@ def test_mf_scores_are_dot_products_and_blocks_select_dst_nodes():
 @pytest.mark.parametrize("combine,gcn_type", [("last", "sage"), ("mean", "sage"), ("mean", "light")])
 def test_gcn_blocks_path_equals_full_graph(combine, gcn_type):
     model = _model(scorer="gcn", gcn_combine=combine, gcn_type=gcn_type)
-    g, all_feats = _graph(), _feats()
+    g, all_feats = toy_graph(), toy_feats()
     if gcn_type == "light":
         u, i = g.edges(etype="ui")
         model.set_degrees(u, i)
@@ -96,7 +80,7 @@ def test_gcn_blocks_path_equals_full_graph(combine, gcn_type):
 @pytest.mark.parametrize("scorer", ["mf", "gcn", "light"])
 def test_parameter_counts_match_count_parameters(fusion, scorer):
     gcn_type = "light" if scorer == "light" else "sage"
-    cfg = _cfg(fusion=fusion, scorer="mf" if scorer == "mf" else "gcn", gcn_type=gcn_type, meta_hidden=5, gcn_layers=3)
+    cfg = toy_cfg(fusion=fusion, scorer="mf" if scorer == "mf" else "gcn", gcn_type=gcn_type, meta_hidden=5, gcn_layers=3)
     model = build_model(cfg, N_USERS, N_ITEMS, FEAT)
     counts = parameter_counts(model)
     assert counts == count_parameters(cfg, N_USERS, N_ITEMS, FEAT)
@@ -115,7 +99,7 @@ def test_count_parameters_at_paper_scale_without_allocating():
 @pytest.mark.parametrize("scorer", ["mf", "gcn"])
 def test_bpr_gradient_step_decreases_loss(scorer):
     model = _model(scorer=scorer)  # eval mode: no dropout, so the loss is deterministic
-    g, feats = _graph(), _feats()
+    g, feats = toy_graph(), toy_feats()
     users, pos, neg = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([0, 2, 4, 6, 8, 1]), torch.tensor([3, 5, 7, 0, 2, 4])
 
     def loss() -> torch.Tensor:
@@ -136,14 +120,14 @@ def test_bpr_gradient_step_decreases_loss(scorer):
 
 def test_dimension_contract_is_checked():
     with pytest.raises(ValueError, match="user_id_dim"):
-        build_model(_cfg(user_id_dim=8), N_USERS, N_ITEMS, FEAT)
+        build_model(toy_cfg(user_id_dim=8), N_USERS, N_ITEMS, FEAT)
 
 
 def test_id_init_std_sets_the_id_rows_scale():
     """``model.id_init_std`` (default 0.1) is the std of the initial ID rows; 0 or less is a config error."""
     torch.manual_seed(0)
-    big = build_model(_cfg(), 4000, 3000, FEAT)
-    small = build_model(_cfg(id_init_std=0.01), 4000, 3000, FEAT)
+    big = build_model(toy_cfg(), 4000, 3000, FEAT)
+    small = build_model(toy_cfg(id_init_std=0.01), 4000, 3000, FEAT)
     assert abs(float(big.user_emb.weight.std()) - 0.1) < 0.005
     assert abs(float(small.item_emb.weight.std()) - 0.01) < 0.0005
     with pytest.raises(ConfigError, match="model.id_init_std"):

@@ -14,8 +14,7 @@ import subprocess
 import sys
 
 import pytest
-
-from conftest import REPO
+from helpers import REPO
 
 # The planner's constants were measured on the DGL lane (torch 2.2.1, DeepSpeed 0.18.2).  On the latest lane
 # (torch 2.13, DeepSpeed 0.19.8, no DGL) a tiny run peaks ~130 MB above its import baseline + plan (measured

@@ -15,9 +15,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
+from launching import (
+    REPO,
+    assert_close,
+    assert_complete_run,
+    launch_env,
+    shared_reference,
+    train_args,
+)
 from slurm_cluster import SlurmCluster, SlurmMissing
-from test_launchers import REPO, assert_close, assert_complete_run, launch_env, shared_reference, train_args
 
 JOB_TIMEOUT_S = 300
 
@@ -96,7 +102,7 @@ def test_sbatch_two_task_srun_mode_maps_slurm_ranks(cluster, synth, baseline, tm
 
 PROBE = """
 import json, os, torch, torch.distributed as dist
-from metammf_dist.engine.dist import init_distributed
+from metammf_dist.distributed.process_group import init_distributed
 info = init_distributed(timeout_s=60)
 total = torch.tensor([float(info.rank)])
 dist.all_reduce(total)

@@ -1,4 +1,4 @@
-"""Sparse ID tables (engine/sparse_ids.py, ``train.id_tables=sparse``): the row-wise update against torch's
+"""Sparse ID tables (distributed/id_tables.py, ``train.id_tables=sparse``): the row-wise update against torch's
 own optimizers, the tables leaving DeepSpeed's view, and 2-rank training whose checkpoint one process
 evaluates to the same metrics.
 """
@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import close, last_json, run_cli, train
 
 from metammf_dist.config import ModelConfig
-from metammf_dist.engine.sparse_ids import SparseIdTables
+from metammf_dist.distributed.id_tables import SparseIdTables
 from metammf_dist.model import build_model
-
-from test_train import close, last_json, run_cli, train
 
 
 def _model(seed=0):

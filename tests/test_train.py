@@ -6,62 +6,13 @@ Each run trains on a small synthetic catalog for 1-2 short epochs; the checks ar
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
+from helpers import SMALL, close, last_json, run_cli, straight_and_resumed, train
 
-from conftest import REPO, free_port
-from metammf_dist.engine.checkpoint import tag_for
-
-PY = sys.executable
-# The DGL lane tests the DGL graph backend, the latest lane (no DGL) the torch one; env overrides.
-GRAPH_BACKEND = os.environ.get("METAMMF_GRAPH_BACKEND") or ("dgl" if importlib.util.find_spec("dgl") else "torch")
-SMALL = [
-    f"train.graph_backend={GRAPH_BACKEND}",
-    "model.fusion_dims=[16,8]", "model.item_id_dim=8", "model.user_id_dim=16", "model.meta_hidden=16",
-    "train.batch_size=512", "train.fanouts=[5,5]", "train.eval_every=1", "train.patience=10",
-    "eval.user_chunk=64", "data.cache_mb=16",
-]
-
-
-def _env():
-    env = dict(os.environ)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
-    env["OMP_NUM_THREADS"] = "1"
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def run_cli(*args, nproc: int = 1, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    if nproc == 1:
-        cmd = [PY, "-m", "metammf_dist", *args]
-    else:
-        cmd = [PY, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-               "-m", "metammf_dist", *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def last_json(proc) -> dict:
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def train(ds, run_dir, *extra, nproc=1, stage=0, epochs=2, check=True):
-    return run_cli("train", "configs/tiktok.yaml", f"data.path={ds}", f"run_dir={run_dir}", f"train.epochs={epochs}",
-                   f"train.ds_config=configs/ds/zero{stage}.json", *SMALL, *extra, nproc=nproc, check=check)
-
-
-def close(a: dict, b: dict, tol: float) -> bool:
-    keys = [k for k in a if "@" in k]
-    return bool(keys) and all(abs(a[k] - b[k]) <= tol for k in keys)
+from metammf_dist.train.checkpoint import tag_for
 
 
 @pytest.mark.multiproc
@@ -129,23 +80,6 @@ def test_resume_mid_epoch_two_ranks_zero3(synth_ds, tmp_path):
     """Checkpoints every 2 steps; a second run resumed from a mid-epoch checkpoint ends like a straight run."""
     straight, resumed, _ = straight_and_resumed(synth_ds, tmp_path)
     assert close(straight, resumed, 1e-6), (straight, resumed)
-
-
-def straight_and_resumed(ds, tmp_path, *opts, stage: int = 3):
-    """A 2-rank, 1-epoch run (in ``tmp_path/a``), and the same run stopped after step 3 with checkpoints every 2
-    steps, pointed back at step 2 as if it had died there, and resumed (``tmp_path/b``): (straight metrics,
-    resumed metrics, the straight run's folder)."""
-    straight_run, run = tmp_path / "a", tmp_path / "b"
-    straight = last_json(train(ds, straight_run, *opts, nproc=2, stage=stage, epochs=1))
-    first = train(ds, run, *opts, "train.max_steps_per_epoch=3", "train.checkpoint_every_steps=2", nproc=2,
-                  stage=stage, epochs=1)
-    assert first.returncode == 0
-    tags = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
-    assert "epoch0000-step0000002" in tags, tags
-    (run / "checkpoints" / "latest.json").write_text(json.dumps({"tag": "epoch0000-step0000002"}))
-    (run / "checkpoints" / "best.json").unlink()
-    resumed = last_json(train(ds, run, *opts, "--resume", nproc=2, stage=stage, epochs=1))
-    return straight, resumed, straight_run
 
 
 def test_evaluate_rejects_a_mismatched_dataset(synth_ds, tmp_path):

@@ -13,9 +13,7 @@ next to anything else.  This benchmark times the same work in two parts that eac
 Their sum is the full-graph step's compute (a lower bound: one step would also hold everything at once).  Next
 to it, in the same process, it times ``--cached-steps`` real training steps with the fusion cache and sparse ID
 tables (``Trainer.train_step``; the first refresh is timed apart and amortised over ``train.fusion_cache_refresh``
-steps; with ``train.fusion_cache_deferred_grad`` a second refresh, which also backpropagates the pending
-neighbour gradients, is timed after the steps and amortised instead).  Both modes take the same batch, so the
-epoch ratio is the step ratio.  Ends with one JSON line: ``full_step_s``, ``cached_step_s``, ``epoch_speedup``.
+steps).  Both modes take the same batch, so the epoch ratio is the step ratio.  Ends with one JSON line: ``full_step_s``, ``cached_step_s``, ``epoch_speedup``.
 """
 from __future__ import annotations
 
@@ -39,15 +37,14 @@ def run(args) -> int:
     import torch
 
     from metammf_dist.config import load_config
-    from metammf_dist.engine.loop import Trainer
+    from metammf_dist.train.loop import Trainer
 
     # the cached mode's period is --refresh (set below); the placeholder lets keys that need the cache
-    # (train.fusion_cache_deferred_grad, ...) pass validation when the config has it off
+    # (train.gcn_history) pass validation when the config has it off
     cfg = load_config(args.config, ["train.fusion_cache_refresh=1", *args.overrides, "train.id_tables=sparse",
                                     "run_dir=/tmp/bench-fullstep"])
     # the cached mode's trainer; part 1 and 2 use its model (same weights) outside the engine
     from metammf_dist.data.dataset import Dataset
-
     from metammf_dist.sampler.partition import epoch_steps
 
     ds = Dataset.open(cfg.data.path)
@@ -62,26 +59,18 @@ def run(args) -> int:
     # ---- cached sampled steps ------------------------------------------------------------------------
     batches = trainer.batches.epoch(0, store=store)
     times, refresh_s = [], 0.0
+    strategy = trainer.strategy
     for i in range(2 + args.cached_steps):
-        trainer.last_refresh_seconds = 0.0
+        strategy.last_refresh_seconds = 0.0
         t0 = time.perf_counter()
         trainer.train_step(next(batches), 0)
         seconds = time.perf_counter() - t0
         trainer.state.global_step += 1
-        if trainer.last_refresh_seconds:
-            refresh_s = trainer.last_refresh_seconds
+        if strategy.last_refresh_seconds:
+            refresh_s = strategy.last_refresh_seconds
             seconds -= refresh_s
         if i >= 2:
             times.append(seconds)
-    cache = trainer.fusion_cache
-    if cache is not None and cache.deferred_grad and cache.pending_steps:
-        # train.fusion_cache_deferred_grad: every refresh after the first also backpropagates the window's
-        # neighbour gradients through the fusion; time one such refresh and amortise it instead
-        t0 = time.perf_counter()
-        cache.refresh(model, store, trainer.state.global_step)
-        refresh_s = time.perf_counter() - t0
-        print(f"refresh with deferred neighbour gradients ({cache.num_items:,} items fwd+bwd): {refresh_s:.1f} s",
-              flush=True)
     cached = statistics.median(times) + refresh_s / refresh
     print(f"cached step: {statistics.median(times):.2f} s + refresh {refresh_s:.1f} s / {refresh} steps = "
           f"{cached:.2f} s", flush=True)

@@ -166,7 +166,7 @@ class VariantWorker:
         import torch
 
         from metammf_dist.config import load_config
-        from metammf_dist.engine.loop import Trainer
+        from metammf_dist.train.loop import Trainer
 
         torch.set_num_threads(threads)
         self.cfg = load_config(None, overrides)
@@ -188,13 +188,15 @@ class VariantWorker:
     def step(self) -> Dict:
         import torch
 
-        from metammf_dist.engine.loop import _step_seed
+        from metammf_dist.train.loop import step_seed
 
         trainer, step = self.trainer, len(self.records)
-        torch.manual_seed(_step_seed(self.cfg.train.seed, 0, step, 0))
+        torch.manual_seed(step_seed(self.cfg.train.seed, 0, step, 0))
         before = _status_bytes("VmRSS")
         _reset_peak()
-        trainer.last_refresh_seconds = 0.0
+        strategy = trainer.strategy
+        if strategy is not None:
+            strategy.last_refresh_seconds = 0.0
         t0 = time.perf_counter()
         batch = next(self.batches)
         loss, batch = trainer.train_step(batch, 0)  # features (seeds only with the cache), refresh if due, step
@@ -202,7 +204,7 @@ class VariantWorker:
         trainer.state.global_step += 1
         peak = _status_bytes("VmHWM")
         fused = int(batch.item_feats.shape[0])  # items whose fusion ran with gradient this step
-        refresh = trainer.last_refresh_seconds
+        refresh = strategy.last_refresh_seconds if strategy is not None else 0.0
         record = {"step": step, "seconds": seconds, "rss_before": before, "step_peak_bytes": peak - before,
                   "peak_rss": peak, "input_items": batch.num_input_items, "input_users": batch.num_input_users,
                   "fused_items": fused, "refresh_seconds": refresh, "loss": float(loss.detach())}
@@ -239,7 +241,7 @@ def summarize_variant(info: Dict, records: List[Dict], warmup: int) -> Dict:
 
 
 def _child_env(threads: int, extra: Optional[dict] = None) -> dict:
-    from metammf_dist.engine.dist import child_env
+    from metammf_dist.distributed.process_group import child_env
 
     env = child_env(threads=threads, **(extra or {}))
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -339,7 +341,7 @@ def zero_examples_per_s(stage: int, data_path: str, run_dir: str, shape: Shape, 
         f"train.ds_config={REPO / 'configs' / 'ds' / f'zero{stage}.json'}", f"train.max_steps_per_epoch={steps}",
         "train.epochs=1", f"train.log_every={log_every}", "train.eval_every=1", "eval.user_chunk=1024",
     ]
-    from metammf_dist.engine.dist import train_command
+    from metammf_dist.distributed.process_group import train_command
 
     cmd = train_command([str(REPO / "configs" / "tiktok.yaml"), *overrides], world_size=2)
     started = time.perf_counter()

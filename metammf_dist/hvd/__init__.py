@@ -5,7 +5,7 @@ differs: ``horovod.torch.DistributedOptimizer`` (gradients averaged by allreduce
 GPUs) around ``torch.optim.Adam``, with ``broadcast_parameters`` from rank 0 at the start (the fresh
 optimizer states are equal everywhere; ``broadcast_optimizer_state`` is avoided because it initializes
 them with a zero-gradient step, which moves the parameters when weight decay is on).  Ranks take rank-disjoint edge batches (``EdgePartition``), exactly as under
-DeepSpeed, and dropout is seeded per (seed, epoch, step, rank) as in ``engine/loop.py``, so a Horovod run
+DeepSpeed, and dropout is seeded per (seed, epoch, step, rank) as in ``train/loop.py``, so a Horovod run
 follows the same trajectory as a DeepSpeed ZeRO-0 run with the same config and world size.
 
 Launch (Horovod must be built first: ``bash scripts/build_horovod.sh``, ~15 min on 2 cores, not in CI)::

@@ -21,19 +21,15 @@ from metammf_dist.config import Config
 from metammf_dist.data.dataset import Dataset
 from metammf_dist.data.feature_stats import feature_moments
 from metammf_dist.data.item_knn import feature_knn
-from metammf_dist.engine.inference import compute_vectors, split_csr
-from metammf_dist.engine.lr_schedule import scheduled_lr, set_lr
-from metammf_dist.engine.objective import BPRObjective
 from metammf_dist.evaluation.ranking import evaluate_full_ranking
+from metammf_dist.graph.train_graph import build_train_graph
 from metammf_dist.model.registry import build_model
-from metammf_dist.sampler import make_batches
+from metammf_dist.sampler import batch_kind, make_batches
 from metammf_dist.sampler.features import attach_features
-from metammf_dist.sampler.graph import build_train_graph
-
-
-def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
-    """The torch seed of one step (dropout); the same formula as the DeepSpeed trainer's."""
-    return (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**63 - 1)
+from metammf_dist.train.inference import compute_vectors, split_csr
+from metammf_dist.train.loop import step_seed
+from metammf_dist.train.lr_schedule import scheduled_lr, set_lr
+from metammf_dist.train.objective import BPRObjective
 
 
 class HorovodTrainer:
@@ -73,9 +69,8 @@ class HorovodTrainer:
                                                   op=hvd.Average)
         # No hvd.broadcast_optimizer_state: every rank's Adam starts empty, and that call would first take a
         # zero-gradient step to create the state, which with weight decay moves every parameter.
-        kind = "full" if cfg.train.sampler == "full" else ("neighbor" if cfg.model.scorer == "gcn" else "edges")
         self.batches = make_batches(
-            kind, self.graph, fanouts=cfg.train.fanouts, batch_size=cfg.train.batch_size,
+            batch_kind(cfg.model.scorer, cfg.train.sampler), self.graph, fanouts=cfg.train.fanouts, batch_size=cfg.train.batch_size,
             num_negatives=cfg.train.num_negatives, seed=cfg.train.seed, rank=self.rank, world_size=self.size,
             num_workers=cfg.train.num_workers,
         )
@@ -141,10 +136,9 @@ class HorovodTrainer:
                 break
             torch.manual_seed(step_seed(cfg.train.seed, epoch, batch.step, self.rank))
             attach_features(batch, self.store)
-            if self.device.type != "cpu":
-                batch = batch.to(self.device, non_blocking=True)
+            batch = batch.to(self.device, non_blocking=True)
             self.optimizer.zero_grad()
-            loss = self.objective(batch)
+            loss, _ = self.objective(batch)
             loss.backward()
             set_lr(self.optimizer.param_groups, scheduled_lr(cfg.train, epoch * n_steps + batch.step, n_steps))
             self.optimizer.step()

@@ -18,7 +18,7 @@ the output nodes' h^l is the prefix of every layer's representation.  ``forward_
 the same layers on a whole graph (every node is both source and destination).
 
 Two graph backends, one set of parameters.  DGL blocks/graphs run through DGL's ``HeteroGraphConv`` +
-``SAGEConv``; torch-backend ``Block`` / ``BipartiteGraph`` objects (``sampler/torch_graph.py``) run
+``SAGEConv``; torch-backend ``Block`` / ``BipartiteGraph`` objects (``graph/torch_graph.py``) run
 through ``sage_mean`` below, a pure-torch GraphSAGE-mean that reads the SAME ``fc_self`` / ``fc_neigh``
 weights (neighbour sum by ``index_add_``, divided by the in-degree; a node without in-edges gets a zero
 neighbour mean, as in DGL).  DGL is imported only if installed: without it (the latest lane) each layer
@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from metammf_dist.sampler.torch_graph import BipartiteGraph, Block
+from metammf_dist.graph.torch_graph import BipartiteGraph, Block
 
 NODE_TYPES = ("user", "item")
 EDGE_TYPES = (("user", "ui", "item"), ("item", "iu", "user"))
@@ -183,7 +183,6 @@ class GCN(nn.Module):
         self.layers = nn.ModuleList(make() for _ in range(num_layers))
         self.dropouts = nn.ModuleList(nn.Dropout(p) for p in _layer_dropouts(dropout, num_layers))
         self.activation = nn.LeakyReLU(leaky_slope)
-        self.fresh_hidden: List[Dict[str, torch.Tensor]] = []  # set by forward_history
 
     def forward(self, blocks: Sequence, feats: Dict[str, torch.Tensor],
                 inv_sqrt_degree: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
@@ -201,7 +200,7 @@ class GCN(nn.Module):
         return self._propagate([g] * self.num_layers, feats, inv_sqrt_degree)
 
     def forward_history(self, block, seeds: Dict[str, torch.Tensor], rest: Dict[str, torch.Tensor],
-                        history: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+                        history: Sequence[Dict[str, torch.Tensor]]):
         """Historical-embedding pass (GNNAutoScale; ``train.gcn_history``): ONE sampled hop for all layers.
 
         ``block``: the seeds' sampled in-edges (its dst nodes are the seeds, a prefix of its src nodes);
@@ -212,8 +211,8 @@ class GCN(nn.Module):
         The neighbours carry no gradient, so each layer sums their messages once without autograd and only
         the seed-to-seed messages stay on the tape: backward work follows the seeds, not the (catalog-
         dependent) number of neighbours.  Same values as GraphSAGE-mean over the whole block, dropout
-        included (one mask per node).  Returns the dst nodes' output (combined like ``forward``) and leaves
-        their fresh layer-0..L-1 vectors, detached, in ``self.fresh_hidden`` for the caller to push.
+        included (one mask per node).  Returns (the dst nodes' output, combined like ``forward``; their fresh
+        layer-0..L-1 vectors, detached, for the caller to push).
         """
         if len(history) != self.num_layers - 1:
             raise ValueError(f"forward_history: {len(history)} history layers for a {self.num_layers}-layer GCN "
@@ -249,8 +248,8 @@ class GCN(nn.Module):
                                          f"{ntype} rows for {rest[ntype].shape[0]} neighbour nodes")
                 h = y
                 rest = {ntype: rows[ntype].to(y[ntype].dtype) for ntype in NODE_TYPES}
-        self.fresh_hidden = [{ntype: step[ntype].detach() for ntype in NODE_TYPES} for step in outputs[:-1]]
-        return self._combine(outputs)
+        fresh = [{ntype: step[ntype].detach() for ntype in NODE_TYPES} for step in outputs[:-1]]
+        return self._combine(outputs), fresh
 
     @torch.no_grad()
     def hidden_graph(self, g, feats: Dict[str, torch.Tensor]) -> List[Dict[str, torch.Tensor]]:

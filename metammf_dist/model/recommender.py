@@ -16,7 +16,7 @@ computes only their vectors.  ``forward_graph`` is the full-graph counterpart fo
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -63,9 +63,6 @@ class MetaMMFRecommender(nn.Module):
         nn.init.normal_(self.item_emb.weight, std=cfg.id_init_std)
         nn.init.normal_(self.user_emb.weight, std=cfg.id_init_std)
         self.gcn: Optional[nn.Module] = build_scorer(cfg)
-        self.seed_fusion: Optional[torch.Tensor] = None  # last fusion-cache step's exact seed rows (detached)
-        # train.fusion_cache_deferred_grad: fusion-parameter name -> gradient every step adds (FusionCache.offset)
-        self.fusion_grad_offset: Optional[Dict[str, torch.Tensor]] = None
         if cfg.feature_norm == "standardize":  # filled by set_feature_stats from the dataset
             self.register_buffer("feat_mean", torch.zeros(feat_dim))
             self.register_buffer("feat_std", torch.ones(feat_dim))
@@ -162,6 +159,11 @@ class MetaMMFRecommender(nn.Module):
         return {**vectors, "item": vectors["item"] + torch.cat(terms)} if terms else vectors
 
     @property
+    def fusion_out_dim(self) -> int:
+        """Width of the fusion part of an item vector (``model.fusion_dims[-1]``)."""
+        return self.cfg.fusion_dims[-1]
+
+    @property
     def meta_learner(self) -> Optional[nn.Module]:
         return self.fusion.meta_learner
 
@@ -175,49 +177,19 @@ class MetaMMFRecommender(nn.Module):
         return self.fusion(feats)
 
     def item_vectors(self, item_ids: torch.Tensor, feats: torch.Tensor,
-                     fused_rest: Optional[torch.Tensor] = None,
-                     grad_items: Optional[Tuple[torch.Tensor, float]] = None) -> torch.Tensor:
+                     fused_rest: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``[n, D]`` = fusion(feats) ⊕ ID row; ids ≥ num_items (cold start) get the mean ID row.
 
-        ``fused_rest`` (fusion cache): precomputed fusion outputs for the items after the seeds, used as
-        they are (no gradient reaches the fusion through them); the ID rows of all ids stay live.
-        ``grad_items = (pos, w)`` (``train.fusion_cache_grad_items``, with ``fused_rest``): ``feats`` holds the
-        seeds' rows, then those of ``item_ids[pos]`` (neighbour items, ``pos`` ascending); those items are fused
-        exactly in place of their cached rows, and the fusion gradient through them is multiplied by ``w``."""
+        ``fused_rest`` (fusion cache): precomputed fusion outputs of the items after the ``feats`` rows, used as
+        they are (no gradient reaches the fusion through them); the ID rows of all ids stay live."""
         n_rest = 0 if fused_rest is None else fused_rest.shape[0]
-        n_extra = 0 if grad_items is None else int(grad_items[0].numel())
-        if grad_items is not None and fused_rest is None:
-            raise ValueError("item_vectors: grad_items needs fused_rest (the fusion cache)")
-        if feats.shape[0] - n_extra + n_rest != item_ids.shape[0]:
+        if feats.shape[0] + n_rest != item_ids.shape[0]:
             raise ValueError(f"item_vectors: {item_ids.shape[0]} ids but {feats.shape[0]} feature rows"
-                             + (f" + {n_rest} cached fusion rows" if n_rest else "")
-                             + (f" ({n_extra} of them sampled neighbours)" if n_extra else ""))
-        weight = self.item_emb.weight
+                             + (f" + {n_rest} cached fusion rows" if n_rest else ""))
         fused = self.fuse(feats)
-        if fused_rest is not None:  # (a batch whose items are all seeds has an empty rest: still pushed)
-            self.seed_fusion = fused.detach()  # the trainer pushes these exact rows into the fusion cache
-            # a cached block that requires grad (train.fusion_cache_deferred_grad) is a leaf: backward leaves
-            # the loss gradient at the cached rows in its .grad; nothing reaches the fusion through it
-            rest = (fused_rest if fused_rest.requires_grad else fused_rest.detach()).to(device=fused.device,
-                                                                                          dtype=fused.dtype)
-            if n_extra:
-                n_seed = feats.shape[0] - n_extra
-                fused, extra = fused[:n_seed], fused[n_seed:]
-                # forward value: the exact row; backward: w x its gradient (x - x.detach() is exactly zero)
-                extra = extra.detach() + (extra - extra.detach()) * float(grad_items[1])
-                rest = rest.index_copy(0, grad_items[0].to(rest.device) - n_seed, extra)
-            fused = torch.cat([fused, rest])
-        return torch.cat([fused, self.item_id_rows(item_ids.to(weight.device))], dim=1)
-
-    def fusion_offset_term(self) -> Optional[torch.Tensor]:
-        """A loss term of value exactly zero whose gradient on each fusion parameter is its
-        ``fusion_grad_offset`` (None without offsets): ``s - s.detach()`` with ``s = sum <p, offset_p>``."""
-        if not self.fusion_grad_offset:
-            return None
-        params = dict(self.named_parameters())
-        s = sum((params[name] * c.to(device=params[name].device, dtype=params[name].dtype)).sum()
-                for name, c in self.fusion_grad_offset.items())
-        return s - s.detach()
+        if fused_rest is not None:
+            fused = torch.cat([fused, fused_rest.detach().to(device=fused.device, dtype=fused.dtype)])
+        return torch.cat([fused, self.item_id_rows(item_ids.to(self.item_emb.weight.device))], dim=1)
 
     def user_vectors(self, user_ids: torch.Tensor) -> torch.Tensor:
         return self.user_emb(user_ids.to(self.user_emb.weight.device))
@@ -231,20 +203,22 @@ class MetaMMFRecommender(nn.Module):
         input_item_feats: torch.Tensor,
         cached_fusion: Optional[torch.Tensor] = None,
         neighbor_history: Optional[Sequence[Dict[str, torch.Tensor]]] = None,
-        grad_items: Optional[Tuple[torch.Tensor, float]] = None,
-    ) -> Dict[str, torch.Tensor]:
+    ) -> Dict[str, object]:
         """Vectors of the dst nodes of ``blocks[-1]``: ``{"user": [n_dst_user, D], "item": [n_dst_item, D]}``.
 
         ``input_users`` / ``input_items``: global ids of ``blocks[0]``'s src nodes per type (in block
         order); ``input_item_feats``: their multimodal features.  MF: see the module docstring.
-        ``cached_fusion`` (fusion cache, GCN scorer): ``input_item_feats`` then covers only the first
-        rows of ``input_items`` (the seed items, exact fusion) and ``cached_fusion`` gives the fusion
-        outputs of the remaining (neighbour) items, without gradient.  ``grad_items`` (``item_vectors``):
-        sampled neighbour items fused exactly, their rows of ``input_item_feats`` after the seeds'.
-        ``neighbor_history`` (``train.gcn_history``, with ``cached_fusion``): ``blocks`` is ONE sampled hop;
-        the neighbours' layer-0 vectors (cached fusion ⊕ ID row) and their layer-1..L-1 vectors (these
-        history rows) carry no gradient; only the seeds' ID rows and fusion get gradients (``GCN.forward_history``).
+
+        Rows a big-catalog strategy supplies (``metammf_dist/strategies``), GCN scorer only:
+        ``cached_fusion``: ``input_item_feats`` covers only the first rows of ``input_items`` (the seed items,
+        exact fusion) and ``cached_fusion`` gives the fusion outputs of the remaining (neighbour) items, read
+        without gradient.  ``neighbor_history`` (with ``cached_fusion``): ``blocks`` is ONE sampled hop; the
+        neighbours' layer-0 vectors (cached fusion ⊕ ID row) and their layer-1..L-1 vectors (these history
+        rows) carry no gradient; only the seeds' ID rows and fusion get gradients (``GCN.forward_history``).
+        With either, the result also holds ``"fresh"``: the seeds' exact rows, detached, for the strategy to
+        write back (``{"fusion": [n_seed_items, F]}``, or ``{"hidden": [per layer 0..L-1 {ntype: rows}]}``).
         """
+        fresh = None
         if self.gcn is None:
             if cached_fusion is not None or neighbor_history is not None:
                 raise ValueError("forward_blocks: cached_fusion / neighbor_history need the GCN scorer "
@@ -256,15 +230,18 @@ class MetaMMFRecommender(nn.Module):
                 input_item_feats = input_item_feats[:n_item]
             vectors = {"user": self.user_vectors(input_users), "item": self.item_vectors(input_items, input_item_feats)}
         elif neighbor_history is not None:
-            vectors = self._forward_history(blocks, input_users, input_items, input_item_feats, cached_fusion,
-                                            neighbor_history)
+            vectors, hidden = self._forward_history(blocks, input_users, input_items, input_item_feats, cached_fusion,
+                                                    neighbor_history)
+            fresh = {"hidden": hidden}
         else:
-            feats = {"user": self.user_vectors(input_users),
-                     "item": self.item_vectors(input_items, input_item_feats, fused_rest=cached_fusion,
-                                               grad_items=grad_items)}
+            items = self.item_vectors(input_items, input_item_feats, fused_rest=cached_fusion)
+            if cached_fusion is not None:  # the seeds' exact fusion rows lead the item vectors
+                fresh = {"fusion": items[: input_item_feats.shape[0], : self.fusion_out_dim].detach()}
+            feats = {"user": self.user_vectors(input_users), "item": items}
             vectors = self.gcn(blocks, feats, self._inv_sqrt_degree(input_users, input_items))
         # output items lead the inputs (MF: they are the inputs; DGL blocks: dst nodes are a prefix of src nodes)
-        return self.add_item_graph(vectors, input_items)
+        vectors = self.add_item_graph(vectors, input_items)
+        return vectors if fresh is None else {**vectors, "fresh": fresh}
 
     def _forward_history(self, blocks, input_users, input_items, input_item_feats, cached_fusion, history):
         if blocks is None or len(blocks) != 1 or cached_fusion is None:
@@ -309,10 +286,10 @@ class MetaMMFRecommender(nn.Module):
         return self.add_item_graph(vectors, torch.arange(self.num_items, device=device), chunk_size)
 
     def forward(self, blocks, input_users, input_items, input_item_feats, cached_fusion=None,
-                neighbor_history=None, grad_items=None) -> Dict[str, torch.Tensor]:
+                neighbor_history=None) -> Dict[str, object]:
         """Same as ``forward_blocks`` (so wrappers that call the module, e.g. DeepSpeed engines, work)."""
         return self.forward_blocks(blocks, input_users, input_items, input_item_feats, cached_fusion,
-                                   neighbor_history, grad_items)
+                                   neighbor_history)
 
     @staticmethod
     def score(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:

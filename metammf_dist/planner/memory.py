@@ -60,7 +60,7 @@ from metammf_dist.model.summary import count_parameters
 FLOAT = 4
 INDEX = 8
 # RSS of a process that imported torch 2.2.1 (CPU/CUDA wheel) + dgl 2.1.0 + deepspeed 0.18.2 +
-# metammf_dist.engine.loop: 595-690 MiB measured on this project's machine (x86-64; it varies with the page
+# metammf_dist.train.loop: 595-690 MiB measured on this project's machine (x86-64; it varies with the page
 # cache and thread count).  ``measure_runtime_baseline()`` re-measures it, ``plan --baseline-mb`` sets it.
 RUNTIME_BASELINE_BYTES = 640 << 20
 ENGINE_INIT_BYTES = 45 << 20  # DeepSpeed engine init, comm op, autograd/oneDNN state after the first steps
@@ -292,14 +292,13 @@ def edge_blocks(workload: Workload, batch_per_rank: int, num_negatives: int) -> 
 def probe_blocks(cfg: Config, steps: int = 2, world_size: int = 1) -> BlockSizes:
     """Block sizes measured by running the real sampler of ``cfg`` for ``steps`` steps (rank 0's share)."""
     from metammf_dist.data.dataset import Dataset
-    from metammf_dist.engine.loop import sampler_kind
-    from metammf_dist.sampler import make_batches
-    from metammf_dist.sampler.graph import build_train_graph
+    from metammf_dist.graph.train_graph import build_train_graph
+    from metammf_dist.sampler import batch_kind, make_batches
 
     ds = Dataset.open(cfg.data.path, storage_options=cfg.data.storage_options or None)
     u, i = ds.interactions("train")
     graph = build_train_graph(u, i, ds.num_users, ds.num_items)
-    batches = make_batches(sampler_kind(cfg), graph, fanouts=sampled_fanouts(cfg), batch_size=cfg.train.batch_size,
+    batches = make_batches(batch_kind(cfg.model.scorer, cfg.train.sampler), graph, fanouts=sampled_fanouts(cfg), batch_size=cfg.train.batch_size,
                            num_negatives=cfg.train.num_negatives, seed=cfg.train.seed, rank=0,
                            world_size=world_size)
     sums: Optional[List[Dict[str, float]]] = None
@@ -577,9 +576,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     # ---- one training step -----------------------------------------------------------------------------
     items_in, users_in = blocks.input_items, blocks.input_users
     fusion = _fusion_floats_per_item(cfg, workload.feat_dim)
-    # with the fusion cache only the seed items (the last block's dst items) are fused and read features, plus
-    # train.fusion_cache_grad_items sampled neighbours
-    fused = min(items_in, blocks.output_items + t.fusion_cache_grad_items) if cached else items_in
+    # with the fusion cache only the seed items (the last block's dst items) are fused and read features
+    fused = blocks.output_items if cached else items_in
     if cached:
         fdim = float(m.fusion_dims[-1])
         add("fusion cache", FLOAT * workload.num_items * fdim, "persistent", dev,
@@ -588,13 +586,6 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         chunk = min(float(cfg.eval.item_chunk), float(workload.num_items))
         add("fusion cache refresh (one chunk, no grad)", FLOAT * chunk * (fusion["saved"] + fusion["largest"])
             + FLOAT * workload.num_items * fdim, "refresh", dev, "chunked fusion + the all-reduced copy")
-        if t.fusion_cache_deferred_grad:  # per-item sums of the cached rows' gradients; refresh backward
-            counts = layout["counts"]
-            fusion_params = float(counts.get("meta_learner", 0) + counts["fusion_layers"])
-            add("deferred-gradient accumulator", FLOAT * workload.num_items * fdim, "persistent", dev,
-                f"{workload.num_items:,} items x {m.fusion_dims[-1]}")
-            add("refresh backward (fusion gradients)", FLOAT * (chunk * fusion["largest"] + 2 * fusion_params),
-                "refresh", dev, "a chunk's activation gradients + the fusion's gradient and offset")
     if history:
         d, hist_layers = float(m.user_id_dim), float(m.gcn_layers - 1)
         neighbours = users_in + items_in - blocks.output_users - blocks.output_items
@@ -696,7 +687,7 @@ def measure_runtime_baseline() -> int:
     import subprocess
     import sys
 
-    code = ("import importlib.util, torch, deepspeed, metammf_dist.engine.loop\n"
+    code = ("import importlib.util, torch, deepspeed, metammf_dist.train.loop\n"
             "if importlib.util.find_spec('dgl'): import dgl\n"
             "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])")
     env = dict(os.environ)

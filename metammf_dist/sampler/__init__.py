@@ -20,22 +20,30 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from metammf_dist.graph.torch_graph import BipartiteGraph, Block
+from metammf_dist.graph.train_graph import BACKENDS, build_train_graph, graph_backend
 from metammf_dist.sampler.edges import EdgeBatches, MiniBatch
 from metammf_dist.sampler.features import attach_features, prefetch
 from metammf_dist.sampler.full import FullGraphBatches
-from metammf_dist.sampler.graph import BACKENDS, build_train_graph, graph_backend
 from metammf_dist.sampler.neighbor import NeighborBatches, UniformNeighborSampler
 from metammf_dist.sampler.partition import EdgePartition
-from metammf_dist.sampler.torch_graph import BipartiteGraph, Block
 from metammf_dist.sampler.torch_neighbor import TorchNeighborSampler
 
 KINDS = ("neighbor", "edges", "full")
 
 __all__ = [
-    "BACKENDS", "KINDS", "BipartiteGraph", "Block", "EdgeBatches", "EdgePartition", "FullGraphBatches", "MiniBatch",
+    "BACKENDS", "KINDS", "batch_kind", "BipartiteGraph", "Block", "EdgeBatches", "EdgePartition", "FullGraphBatches", "MiniBatch",
     "NeighborBatches", "TorchNeighborSampler", "UniformNeighborSampler", "attach_features", "build_train_graph",
     "graph_backend", "make_batches", "prefetch",
 ]
+
+
+def batch_kind(scorer: str, sampler: str) -> str:
+    """The batch source a model needs: ``"full"`` for ``train.sampler=full``, else ``"neighbor"`` (sampled blocks)
+    for the GCN scorer and ``"edges"`` (no blocks) for MF."""
+    if sampler == "full":
+        return "full"
+    return "neighbor" if scorer == "gcn" else "edges"
 
 
 def make_batches(kind: str, graph, *, fanouts: Sequence[int], batch_size: int, num_negatives: int, seed: int,

@@ -17,13 +17,13 @@ positive (``pos.repeat_interleave(num_negatives)`` lines the scores up).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterator, List, Optional
 
 import torch
 
+from metammf_dist.graph.train_graph import train_edges
 from metammf_dist.sampler.features import prefetch
-from metammf_dist.sampler.graph import train_edges
 from metammf_dist.sampler.negatives import draw_epoch_negatives
 from metammf_dist.sampler.partition import EdgePartition
 
@@ -43,19 +43,6 @@ class MiniBatch:
     neg_i: torch.Tensor  # [P * num_negatives] indices into output_items
     num_pos: int
     item_feats: Optional[torch.Tensor] = field(default=None, repr=False)  # filled by features.attach_features
-    cached_fusion: Optional[torch.Tensor] = field(default=None, repr=False)  # fusion cache rows of non-seed items
-    neighbor_history: Optional[list] = field(default=None, repr=False)  # gcn_history rows of non-seed nodes per layer
-    # train.fusion_cache_grad_items: positions in input_items (all past the seeds, ascending) of the neighbour items
-    # this step fuses exactly; their gradient is weighted by grad_items_weight (= neighbour items / sampled ones)
-    grad_items_pos: Optional[torch.Tensor] = None
-    grad_items_weight: float = 1.0
-
-    @property
-    def feature_items(self) -> torch.Tensor:
-        """With the fusion cache, the items whose features a step reads: the seeds, then the sampled neighbours."""
-        if self.grad_items_pos is None:
-            return self.output_items
-        return torch.cat([self.output_items, self.input_items[self.grad_items_pos]])
 
     @property
     def num_input_users(self) -> int:
@@ -77,13 +64,12 @@ class MiniBatch:
         }
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "MiniBatch":
-        """Moves tensors and blocks to ``device`` in place; returns self."""
-        for name in ("seed_eids", "input_users", "input_items", "output_users", "output_items",
-                     "pos_u", "pos_i", "neg_u", "neg_i", "item_feats", "cached_fusion", "grad_items_pos"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.to(device, non_blocking=non_blocking))
-        self.blocks = [b.to(device) for b in self.blocks]
+        """Moves every tensor field and the blocks to ``device`` in place; returns self (a no-op when already there)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor) and value.device != device:
+                setattr(self, f.name, value.to(device, non_blocking=non_blocking))
+        self.blocks = [b if b.device == device else b.to(device) for b in self.blocks]
         return self
 
 
@@ -92,7 +78,6 @@ class EdgeBatches:
 
     kind = "edges"
     seed_features_only = False  # fusion cache on: the feature stage reads only the seed (output) items
-    grad_items_per_step = 0  # train.fusion_cache_grad_items (neighbour batches only)
 
     def __init__(self, graph, *, batch_size: int, num_negatives: int, seed: int,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0):

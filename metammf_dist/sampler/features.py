@@ -4,8 +4,7 @@
 ``gather_concat(ids: np.ndarray) -> np.ndarray [len(ids), dim] float32`` (the sharded feature store,
 or anything array-backed); gives the batch with ``item_feats`` filled, rows in ``input_items`` order.
 With ``seeds_only`` (fusion cache on) only the seed items' rows are read: ``output_items``, which are
-the first rows of ``input_items``, followed by the neighbour items sampled for an exact fusion gradient
-(``batch.feature_items``; ``train.fusion_cache_grad_items``).
+the first rows of ``input_items``.
 
 ``prefetch(batches, store, ahead)`` takes an iterator of batches (sampling happens when it is
 advanced); gives the same batches with features attached, produced ``ahead`` batches in advance by
@@ -29,7 +28,7 @@ def attach_features(batch, store, seeds_only: bool = False):
     """Fills ``batch.item_feats`` from ``store`` (no-op if already filled); returns the batch."""
     if batch.item_feats is not None:
         return batch
-    wanted = batch.feature_items if seeds_only else batch.input_items
+    wanted = batch.output_items if seeds_only else batch.input_items
     ids = np.ascontiguousarray(wanted.cpu().numpy(), dtype=np.int64)
     feats = np.asarray(store.gather_concat(ids))
     if feats.ndim != 2 or feats.shape[0] != ids.size:

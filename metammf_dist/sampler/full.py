@@ -16,8 +16,8 @@ from typing import List
 
 import torch
 
+from metammf_dist.graph.torch_graph import BipartiteGraph
 from metammf_dist.sampler.edges import EdgeBatches, MiniBatch
-from metammf_dist.sampler.torch_graph import BipartiteGraph
 
 
 def full_graph_blocks(graph, num_layers: int) -> List:

@@ -35,10 +35,10 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
+from metammf_dist.graph.torch_graph import BipartiteGraph
+from metammf_dist.graph.train_graph import IU, UI, train_edges
 from metammf_dist.sampler.edges import EdgeBatches, MiniBatch
-from metammf_dist.sampler.graph import IU, UI, train_edges
-from metammf_dist.sampler.partition import TAG_GRAD_ITEMS, TAG_NEIGHBORS, derive_seed
-from metammf_dist.sampler.torch_graph import BipartiteGraph
+from metammf_dist.sampler.partition import TAG_NEIGHBORS, derive_seed
 from metammf_dist.sampler.torch_neighbor import TorchNeighborSampler, forget_scratch, scratch_buffer
 
 __all__ = ["MiniBatch", "NeighborBatches", "UniformNeighborSampler"]
@@ -248,18 +248,4 @@ class NeighborBatches(EdgeBatches):
         batch.input_users, batch.input_items, batch.blocks = self.sampler.sample_blocks(
             batch.output_users, batch.output_items, eids, rng
         )
-        if self.grad_items_per_step > 0:
-            self._sample_grad_items(batch, epoch, step)
         return batch
-
-    def _sample_grad_items(self, batch: MiniBatch, epoch: int, step: int) -> None:
-        """``train.fusion_cache_grad_items``: S of the batch's neighbour (non-seed) input items, uniformly without
-        replacement, each kept with probability S / n, so weighting their fusion gradient by n / S makes the
-        step's fusion gradient an unbiased estimate of the one all n neighbours would give (Horvitz-Thompson)."""
-        n_seed = int(batch.output_items.numel())
-        n_rest = int(batch.input_items.numel()) - n_seed
-        k = min(int(self.grad_items_per_step), n_rest)
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, self.rank, step, TAG_GRAD_ITEMS))
-        picked = torch.randperm(n_rest, generator=gen)[:k] if k < n_rest else torch.arange(n_rest)
-        batch.grad_items_pos = (torch.sort(picked).values + n_seed).to(batch.input_items.device)
-        batch.grad_items_weight = n_rest / k if k else 1.0

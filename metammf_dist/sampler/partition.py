@@ -30,7 +30,6 @@ import torch
 TAG_PERMUTATION = 0
 TAG_NEGATIVES = 1
 TAG_NEIGHBORS = 2
-TAG_GRAD_ITEMS = 3
 
 
 def derive_seed(*keys: int) -> int:

@@ -28,7 +28,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from metammf_dist.sampler.torch_graph import Adjacency, BipartiteGraph, Block
+from metammf_dist.graph.torch_graph import Adjacency, BipartiteGraph, Block
 
 __all__ = ["TorchNeighborSampler"]
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from metammf_dist.engine.dist import child_env, train_command
+from metammf_dist.distributed.process_group import child_env, train_command
 from metammf_dist.scaling.sweep import Catalog, Series, Sweep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,8 +154,8 @@ def replan_row(sweep: Sweep, series: Series, row: Dict) -> Dict:
 
 def _plan_with_baseline(sweep: Sweep, series: Series, overrides: List[str], baseline: int) -> Dict:
     from metammf_dist.config import load_config
-    from metammf_dist.engine.deepspeed_engine import load_ds_config
-    from metammf_dist.engine.dist import DistInfo
+    from metammf_dist.distributed.deepspeed_engine import load_ds_config
+    from metammf_dist.distributed.process_group import DistInfo
     from metammf_dist.planner import memory as mem
 
     cfg = load_config(sweep.base_config, overrides)

@@ -1,0 +1,124 @@
+"""Atomic DeepSpeed checkpoints inside a run folder.
+
+Layout: ``RUN/checkpoints/<tag>/`` (DeepSpeed's files) + ``<tag>/COMPLETE.json`` (our marker, written by
+rank 0 after every rank finished writing, via a temp name and rename) + ``RUN/checkpoints/latest.json``
+(pointer, written the same way).  A tag without its marker is a half-written checkpoint: it is never
+loaded and is removed by the next save.  ``best.json`` points at the checkpoint with the best valid metric.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from metammf_dist.distributed.process_group import DistInfo, barrier, broadcast_object
+from metammf_dist.errors import TrainingError
+
+MARKER = "COMPLETE.json"
+
+
+def _atomic_write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """``torch.save`` through a temp name and a rename: a reader never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def tag_for(epoch: int, step_in_epoch: int) -> str:
+    return f"epoch{epoch:04d}-step{step_in_epoch:07d}"
+
+
+class Checkpoints:
+    def __init__(self, run_dir: str, info: DistInfo):
+        self.root = Path(run_dir) / "checkpoints"
+        self.info = info
+        if info.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+        barrier(info)
+
+    # -- saving -----------------------------------------------------------------------------------
+    def save(self, engine, tag: str, state: dict, keep: set, keep_last: int = 2, extras: Optional[dict] = None) -> None:
+        """Collective: every rank calls it.  ``state`` is the trainer's resumable state (json-able).
+
+        ``extras``: ``{file name: state_dict()}`` — state beside the engine's (the sparse ID tables, a
+        strategy's) that rank 0 collects and writes into the tag before it is marked complete; tensors and plain
+        values only (``read_extra`` loads them with ``weights_only=True``)."""
+        if self.info.is_main:
+            self._remove_incomplete()
+        barrier(self.info)
+        engine.save_checkpoint(str(self.root), tag=tag, client_state={"trainer": state}, save_latest=False)
+        barrier(self.info)
+        if self.info.is_main:
+            for name, state_dict in (extras or {}).items():
+                atomic_torch_save(state_dict(), self.root / tag / name)
+            _atomic_write_json(self.root / tag / MARKER, {"tag": tag, "trainer": state})
+            _atomic_write_json(self.root / "latest.json", {"tag": tag})
+            recent = sorted(d.name for d in self.root.iterdir() if (d / MARKER).exists())[-max(keep_last, 1):]
+            self._prune(keep | set(recent) | {tag})
+        barrier(self.info)
+
+    def mark_best(self, tag: str, metrics: dict) -> None:
+        if self.info.is_main:
+            _atomic_write_json(self.root / "best.json", {"tag": tag, "metrics": metrics})
+
+    def _remove_incomplete(self) -> None:
+        for d in self.root.iterdir():
+            if d.is_dir() and not (d / MARKER).exists():
+                shutil.rmtree(d, ignore_errors=True)
+
+    def _prune(self, keep: set) -> None:
+        for d in self.root.iterdir():
+            if d.is_dir() and d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+
+    # -- loading ----------------------------------------------------------------------------------
+    def pointer(self, name: str = "latest") -> Optional[str]:
+        p = self.root / f"{name}.json"
+        if not p.exists():
+            return None
+        tag = json.loads(p.read_text())["tag"]
+        if not (self.root / tag / MARKER).exists():
+            raise TrainingError(f"checkpoint {self.root / tag}: {name}.json points at an incomplete checkpoint")
+        return tag
+
+    def read_extra(self, tag: str, name: str) -> Optional[dict]:
+        """The state saved as ``name`` beside the engine's files in ``tag`` (None if the checkpoint has none)."""
+        path = self.root / tag / name
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def load(self, engine, tag: str) -> dict:
+        """Collective: restore module, optimizer and trainer state from ``tag``."""
+        tag = broadcast_object(tag, self.info)
+        path, client = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True)
+        if path is None:
+            raise TrainingError(f"checkpoint {self.root / tag}: DeepSpeed could not load it")
+        return client["trainer"]
+
+
+def load_module_state(ckpt_root: Path, tag: str) -> dict:
+    """fp32 weights of the wrapped module from a checkpoint of any ZeRO stage, in one process, no engine."""
+    tag_dir = Path(ckpt_root) / tag
+    if not (tag_dir / MARKER).exists():
+        raise TrainingError(f"checkpoint {tag_dir}: missing or incomplete ({MARKER} not found)")
+    states = sorted(tag_dir.glob("*model_states.pt"))
+    if not states:
+        raise TrainingError(f"checkpoint {tag_dir}: no model_states file")
+    blob = torch.load(states[0], map_location="cpu", weights_only=False)
+    if blob.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0) == 3 or not blob.get("module"):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag=tag))
+    return dict(blob["module"])

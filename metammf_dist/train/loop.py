@@ -1,0 +1,298 @@
+"""The training loop: dataset -> sampler -> model -> DeepSpeed engine -> evaluation -> checkpoints.
+
+One entry for every launcher (single process, torchrun, deepspeed launcher, Slurm).  Per step:
+sample a mini-batch (rank-disjoint edges, seeded negatives, neighbour blocks) -> fetch the features of the
+batch's input items from the shard store -> BPR loss through the engine -> backward/step.  Every
+``eval_every`` epochs the valid split is ranked in full; early stopping on ``eval.metric`` with
+``patience``; at the end the best checkpoint is loaded and the test split is ranked.
+
+Big catalogs: a strategy (``metammf_dist/strategies``: the fusion cache, layer histories) is called through
+``Strategy.prepare`` / ``after_step`` around each step and gives the model the rows it keeps across steps;
+``train.id_tables=sparse`` keeps the ID tables outside the engine (``distributed/id_tables.py``).  Both are
+saved with each checkpoint.  ``usage.json`` records the time per phase and every rank's peak RSS.
+
+Determinism: samplers are seeded by (seed, epoch, rank) and the torch RNG (dropout) is reseeded per step,
+so a resumed run continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.distributed as tdist
+
+from metammf_dist.config import Config, sampled_fanouts
+from metammf_dist.data.dataset import Dataset
+from metammf_dist.data.feature_stats import feature_moments
+from metammf_dist.data.item_knn import feature_knn
+from metammf_dist.distributed.deepspeed_engine import build_engine, gathered_model, load_ds_config
+from metammf_dist.distributed.id_tables import FILE_NAME as ID_TABLES_FILE
+from metammf_dist.distributed.id_tables import SparseIdTables
+from metammf_dist.distributed.process_group import DistInfo, init_distributed, log_main
+from metammf_dist.errors import TrainingError
+from metammf_dist.evaluation.ranking import evaluate_full_ranking
+from metammf_dist.graph.train_graph import build_train_graph
+from metammf_dist.model.registry import build_model
+from metammf_dist.procmem import peak_rss_bytes
+from metammf_dist.sampler import batch_kind, make_batches
+from metammf_dist.sampler.features import attach_features
+from metammf_dist.strategies import build_strategy
+from metammf_dist.train.checkpoint import Checkpoints, tag_for
+from metammf_dist.train.inference import compute_vectors, split_csr
+from metammf_dist.train.lr_schedule import scheduled_lr, set_lr
+from metammf_dist.train.objective import BPRObjective
+from metammf_dist.train.run_dir import RunDir
+
+
+@dataclass
+class TrainerState:
+    """Everything beyond module/optimizer tensors that a resumed run needs (stored in checkpoints)."""
+
+    epoch: int = 0  # epoch in progress (or next to start)
+    step_in_epoch: int = 0  # steps of `epoch` already done
+    global_step: int = 0
+    best_metric: float = -math.inf
+    best_tag: Optional[str] = None
+    best_epoch: int = -1
+    bad_evals: int = 0
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, info: Optional[DistInfo] = None):
+        self.cfg = cfg
+        self.info = info or init_distributed()
+        self.run = RunDir(cfg.run_dir, self.info)
+        self.ds = Dataset.open(cfg.data.path, storage_options=cfg.data.storage_options or None)
+        self.store = self.ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
+        train_u, train_i = self.ds.interactions("train")
+        self.graph = build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items,
+                                       backend=cfg.train.graph_backend)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.model = self._build_model()
+        if cfg.model.feature_norm == "standardize":
+            self.model.set_feature_stats(*feature_moments(self.store))
+        if cfg.model.scorer == "gcn" and cfg.model.gcn_type == "light":
+            self.model.set_degrees(train_u, train_i)
+        if cfg.model.item_knn > 0:
+            self.model.set_item_graph(feature_knn(self.store, self.ds.modalities, cfg.model.item_knn))
+        self.id_tables: Optional[SparseIdTables] = None
+        if cfg.train.id_tables == "sparse":  # before the engine: DeepSpeed must not see the ID tables
+            self.id_tables = SparseIdTables(self.model, cfg.train.id_lr or cfg.train.lr, cfg.train.weight_decay,
+                                            distributed=self.info.distributed, world_size=self.info.world_size)
+            self.id_tables.to(self.info.device)
+        self.ds_config = load_ds_config(cfg, self.info)
+        self.engine = build_engine(BPRObjective(self.model), cfg, self.ds_config, self.info)
+        self.batches = make_batches(
+            batch_kind(cfg.model.scorer, cfg.train.sampler), self.graph, fanouts=sampled_fanouts(cfg), batch_size=cfg.train.batch_size,
+            num_negatives=cfg.train.num_negatives, seed=cfg.train.seed, rank=self.info.rank,
+            world_size=self.info.world_size, num_workers=cfg.train.num_workers,
+        )
+        self.ckpt = Checkpoints(cfg.run_dir, self.info)
+        self.state = TrainerState()
+        self.last_lr = cfg.train.lr
+        self.usage = {"train_seconds": 0.0, "train_steps": 0, "train_examples": 0, "valid_eval_seconds": 0.0,
+                      "test_eval_seconds": 0.0, "input_items": 0, "fused_items": 0}
+        self.strategy = build_strategy(cfg, self.ds.num_users, self.ds.num_items, self.store, self.graph, self.info)
+        if self.strategy is not None:
+            self.batches.seed_features_only = self.strategy.seed_features_only
+
+    # -- public -----------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        cfg, info = self.cfg, self.info
+        self.run.write_start(cfg, self.ds_config)
+        if resume:
+            tag = self.ckpt.pointer("latest")
+            if tag is None:
+                log_main(info, f"--resume: no complete checkpoint in {self.ckpt.root}; starting fresh")
+            else:
+                self.state = TrainerState(**self.ckpt.load(self.engine, tag))
+                self._load_extras(tag)
+                if self.strategy is not None:
+                    saved = self.ckpt.read_extra(tag, self.strategy.file_name)
+                    if saved is None or not self.strategy.load_state_dict(saved):
+                        log_main(info, f"--resume: {tag} holds no {self.strategy.file_name} for this catalog; "
+                                       "the strategy refreshes before the next step")
+                log_main(info, f"resumed from {tag} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
+        while self.state.epoch < cfg.train.epochs and self.state.bad_evals < cfg.train.patience:
+            self._train_epoch(self.state.epoch)
+        started = time.perf_counter()
+        test = self.test_best()
+        self.usage["test_eval_seconds"] = time.perf_counter() - started
+        self.run.write_final(test)
+        self.run.write_usage(self._usage())
+        self.run.close()
+        return test
+
+    def evaluate(self, split: str) -> dict:
+        exclude = ["train"] if split == "valid" else ["train", "valid"]
+        truth, excl, users = split_csr(self.ds, split, exclude, self.cfg.eval.max_users)
+        with self._full_model() as model:
+            user_vecs, item_vecs = compute_vectors(
+                model, self.store, self.graph, self.ds.num_users, self.ds.num_items,
+                item_chunk=self.cfg.eval.item_chunk, device=self.info.device,
+            )
+        return evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=tuple(self.cfg.eval.ks),
+                                     user_chunk=self.cfg.eval.user_chunk)
+
+    def test_best(self) -> dict:
+        tag = self.state.best_tag or self.ckpt.pointer("latest")
+        if tag is not None:
+            self.ckpt.load(self.engine, tag)
+            self._load_extras(tag)
+        metrics = self.evaluate("test")
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics["best_epoch"] = self.state.best_epoch
+        self.run.log_metrics(self.state.best_epoch, self.state.global_step, "test", metrics)
+        return metrics
+
+    # -- one epoch --------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> None:
+        cfg, info, st = self.cfg, self.info, self.state
+        self.engine.train()
+        n_steps = self._steps_per_epoch(epoch)
+        bar = _progress(info, n_steps, f"epoch {epoch}")
+        window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
+        if bar is not None:
+            bar.update(st.step_in_epoch)  # resumed mid-epoch: those steps were done before
+        for batch in self.batches.epoch(epoch, start_step=st.step_in_epoch, store=self.store):
+            step = batch.step
+            if step >= n_steps:
+                break
+            torch.manual_seed(step_seed(cfg.train.seed, epoch, step, info.rank))
+            step_started = time.perf_counter()
+            loss, batch = self.train_step(batch, epoch)
+            self.usage["train_seconds"] += time.perf_counter() - step_started
+            self.usage["train_steps"] += 1
+            self.usage["train_examples"] += int(batch.num_pos) * info.world_size
+            self.usage["input_items"] += batch.num_input_items  # this rank's, summed over steps
+            self.usage["fused_items"] += int(batch.item_feats.shape[0])
+            st.step_in_epoch, st.global_step = step + 1, st.global_step + 1
+            window_loss += float(loss.detach())
+            window_examples += int(batch.num_pos) * info.world_size
+            _advance(bar)
+            if cfg.train.log_every and st.global_step % cfg.train.log_every == 0:
+                rate = window_examples / max(time.perf_counter() - window_start, 1e-9)
+                self.run.log_metrics(epoch, st.global_step, "train", {"lr": self.last_lr},
+                                     loss=window_loss / cfg.train.log_every, examples_per_s=rate)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{window_loss / cfg.train.log_every:.4f}", ex_s=f"{rate:,.0f}")
+                window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
+            if cfg.train.checkpoint_every_steps and st.global_step % cfg.train.checkpoint_every_steps == 0 \
+                    and st.step_in_epoch < n_steps:
+                self._save(tag_for(epoch, st.step_in_epoch))
+        if bar is not None:
+            bar.close()
+        st.epoch, st.step_in_epoch = epoch + 1, 0
+        tag = tag_for(epoch + 1, 0)
+        if (epoch + 1) % max(cfg.train.eval_every, 1) == 0 or epoch + 1 == cfg.train.epochs:
+            started = time.perf_counter()
+            metrics = self.evaluate("valid")
+            self.usage["valid_eval_seconds"] += time.perf_counter() - started
+            value = float(metrics[cfg.eval.metric])
+            st.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in metrics.items()}})
+            self.run.log_metrics(epoch + 1, st.global_step, "valid", metrics)
+            if value > st.best_metric:
+                st.best_metric, st.best_tag, st.best_epoch, st.bad_evals = value, tag, epoch + 1, 0
+            else:
+                st.bad_evals += 1
+            log_main(info, f"epoch {epoch + 1}: valid {cfg.eval.metric}={value:.4f} (best {st.best_metric:.4f} @ {st.best_epoch})")
+        self._save(tag)
+        if st.best_tag == tag:
+            self.ckpt.mark_best(tag, {"epoch": st.best_epoch, cfg.eval.metric: st.best_metric})
+
+    def train_step(self, batch, epoch: int):
+        """One optimizer step on ``batch`` (features, strategy rows, forward, backward, step) -> (loss, batch)."""
+        strategy = self.strategy
+        attach_features(batch, self.store, self.batches.seed_features_only)  # no-op when prefetched
+        batch = batch.to(self.info.device, non_blocking=True)
+        rows = {} if strategy is None else strategy.prepare(batch, self.state.global_step, self._full_model)
+        loss, fresh = self.engine(batch, **rows)
+        self._check_finite(loss, epoch, batch.step)
+        self.engine.backward(loss)
+        t, step, per_epoch = self.cfg.train, self.state.global_step, self._steps_per_epoch()
+        self.last_lr = scheduled_lr(t, step, per_epoch)
+        set_lr(self.engine.optimizer.param_groups, self.last_lr)
+        self.engine.step()
+        if self.id_tables is not None:
+            self.id_tables.lr = scheduled_lr(t, step, per_epoch, base_lr=t.id_lr)
+            self.id_tables.step()
+        if strategy is not None:  # the seeds' fresh rows (computed before this step's update) go back
+            strategy.after_step(batch, fresh)
+        return loss, batch
+
+    def _full_model(self):
+        """Context manager -> the model with every parameter whole (a hook-free replica under ZeRO-3)."""
+        return gathered_model(self.engine, self.model, self._build_model)
+
+    def _build_model(self) -> torch.nn.Module:
+        return build_model(self.cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim)
+
+    def _steps_per_epoch(self, epoch: int = 0) -> int:
+        """Steps an epoch takes (``train.max_steps_per_epoch`` caps it; the unit of ``train.lr_schedule``)."""
+        per_epoch = self.batches.num_batches(epoch)
+        cap = self.cfg.train.max_steps_per_epoch
+        return min(per_epoch, cap) if cap else per_epoch
+
+    def _save(self, tag: str) -> None:
+        keep = {self.state.best_tag} if self.state.best_tag else set()
+        extras = {}
+        if self.id_tables is not None:
+            extras[ID_TABLES_FILE] = self.id_tables.state_dict
+        if self.strategy is not None:
+            extras[self.strategy.file_name] = self.strategy.state_dict
+        self.ckpt.save(self.engine, tag, asdict(self.state), keep=keep, keep_last=self.cfg.train.keep_checkpoints,
+                       extras=extras)
+
+    def _usage(self) -> dict:
+        """This run's time split and every rank's peak RSS (collective)."""
+        peak = peak_rss_bytes()
+        peaks = [peak]
+        if self.info.distributed and self.info.world_size > 1:
+            peaks = [None] * self.info.world_size
+            tdist.all_gather_object(peaks, peak)
+        strategy = self.strategy
+        refreshes = {"refreshes": strategy.refreshes if strategy else 0,
+                     "refresh_seconds": strategy.refresh_seconds if strategy else 0.0}
+        return {**self.usage, **refreshes, "world_size": self.info.world_size, "peak_rss_bytes_per_rank": peaks,
+                "num_items": self.ds.num_items, "num_users": self.ds.num_users,
+                "eval_users_max": self.cfg.eval.max_users, "refresh_every": self.cfg.train.fusion_cache_refresh}
+
+    def _load_extras(self, tag: str) -> None:
+        if self.id_tables is not None:
+            saved = self.ckpt.read_extra(tag, ID_TABLES_FILE)
+            if saved is None:
+                raise TrainingError(f"checkpoint {self.ckpt.root / tag}: {ID_TABLES_FILE} missing (train.id_tables=sparse)")
+            self.id_tables.load_state_dict(saved)
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])
+        if self.info.distributed:
+            tdist.all_reduce(bad)
+        if bad.item() > 0:
+            last = self.ckpt.pointer("latest")
+            raise TrainingError(
+                f"non-finite loss at epoch {epoch} step {step} (global step {self.state.global_step + 1}); "
+                f"stopped without applying it; last good checkpoint: {last or 'none'} in {self.ckpt.root}"
+            )
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The torch seed of one step (dropout): a function of (seed, epoch, step, rank), so resumes repeat it."""
+    return (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**63 - 1)
+
+
+def _progress(info: DistInfo, total: int, desc: str):
+    if not info.is_main:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+
+
+def _advance(bar) -> None:
+    if bar is not None:
+        bar.update(1)
