@@ -34,7 +34,7 @@ def main() -> None:
                                                   "train.fusion_cache_refresh=500", "train.num_workers=0",
                                                   *args.overrides])
     started = time.perf_counter()
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, overwrite=True)  # a scratch run folder
     print(f"setup {time.perf_counter() - started:.1f} s")
     batches = trainer.batches.epoch(0, store=trainer.store)
     trainer.train_step(next(batches), 0)  # warm-up (and the first cache refresh)

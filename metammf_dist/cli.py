@@ -11,6 +11,7 @@ import importlib
 import os
 import signal
 import sys
+import traceback
 from typing import List, Optional
 
 # command name -> module with ``add_arguments(parser)`` and ``run(args) -> int``
@@ -61,14 +62,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # bad input of any layer: one clear line, no traceback
-        if _is_user_error(exc):
-            print(f"metammf-dist {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except Exception as exc:  # noqa: BLE001 - the process boundary: every failure ends here, once
+        message = user_error_message(exc)
+        if message is None:  # a bug: its traceback, printed once, exit code 1
+            traceback.print_exc()
+            return 1
+        rank = os.environ.get("RANK", "0")
+        where = f" (rank {rank})" if rank not in ("", "0") else ""
+        print(f"metammf-dist {args.command}{where}: error: {message}", file=sys.stderr, flush=True)
+        if os.environ.get("METAMMF_TRACEBACK"):
+            traceback.print_exc()
+        return 2
 
 
-def _is_user_error(exc: Exception) -> bool:
+STORAGE_MODULES = ("botocore", "aiobotocore", "s3fs", "fsspec", "aiohttp")
+
+
+def user_error_message(exc: BaseException) -> Optional[str]:
+    """One line for an error the user can fix (bad input, config, file system, storage), else None (a bug).
+
+    ``METAMMF_TRACEBACK=1`` prints the traceback after the line as well."""
     from metammf_dist.config import ConfigError
     from metammf_dist.errors import DataError, TrainingError
 
@@ -76,7 +89,15 @@ def _is_user_error(exc: Exception) -> bool:
         from sharding import StoreError
     except ImportError:  # pragma: no cover - sharding always ships with the package
         StoreError = ()  # type: ignore
-    return isinstance(exc, (UserError, ConfigError, DataError, TrainingError, StoreError, FileNotFoundError))
+    if isinstance(exc, (UserError, ConfigError, DataError, TrainingError, StoreError)):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else ""
+        cause = exc.strerror or str(exc) or type(exc).__name__
+        return f"{where}: {cause}" if where else f"{cause} ({type(exc).__name__})"
+    if type(exc).__module__.split(".")[0] in STORAGE_MODULES:
+        return f"storage: {type(exc).__name__}: {exc}"
+    return None
 
 
 def entry() -> None:

@@ -26,6 +26,8 @@ LATEST_TESTS=(
   tests/test_scaling.py
   tests/test_gcn_history.py
   tests/test_hvd.py
+  tests/test_reliability.py
+  tests/test_layout.py
 )
 rc=0
 .venv-latest/bin/python -m pytest -q -m "not slow" "${LATEST_TESTS[@]}" "$@" || rc=$?

@@ -10,17 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-import torch.distributed as dist
+
 from gloo_ranks import init_rank, leave, run_ranks
 from helpers import SHARED_DATA
+import torch
+import torch.distributed as dist
 
-from metammf_dist.evaluation import (
-    build_csr,
-    evaluate_full_ranking,
-    evaluate_popularity,
-    merge_csr,
-)
+from metammf_dist.evaluation import build_csr, evaluate_full_ranking, evaluate_popularity, merge_csr
 
 TIKTOK = SHARED_DATA / "tiktok" / "tiktok.inter"
 WORLD_SIZE = 2

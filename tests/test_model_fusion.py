@@ -11,11 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from metammf_dist.bench import fusion as bench_fusion
-from metammf_dist.bench.naive_fusion import (
-    materialize_weights,
-    naive_fusion_forward,
-    naive_layer_forward,
-)
+from metammf_dist.bench.naive_fusion import materialize_weights, naive_fusion_forward, naive_layer_forward
 from metammf_dist.model.fusion import CPLayer, FusionNet, MetaLayer, StaticLayer
 from metammf_dist.model.registry import FUSION_LAYERS
 

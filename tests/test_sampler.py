@@ -15,15 +15,8 @@ import torch
 
 from metammf_dist.errors import DataError
 from metammf_dist.sampler import (
-    EdgeBatches,
-    EdgePartition,
-    FullGraphBatches,
-    NeighborBatches,
-    UniformNeighborSampler,
-    attach_features,
-    build_train_graph,
-    make_batches,
-    prefetch,
+    EdgeBatches, EdgePartition, FullGraphBatches, NeighborBatches, UniformNeighborSampler, attach_features,
+    build_train_graph, make_batches, prefetch,
 )
 from metammf_dist.sampler.negatives import draw_epoch_negatives
 

@@ -18,15 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sharding import (
-    FeatureStore,
-    ManifestError,
-    ShardIntegrityError,
-    ShardWriter,
-    StoreError,
-    read_manifest,
-    write_store,
-)
+from sharding import (FeatureStore, ManifestError, ShardIntegrityError, ShardWriter, StoreError, read_manifest,
+                      write_store)
 
 
 def _features(n=1000, dims=(("visual", 12), ("text", 5)), seed=0):

@@ -14,14 +14,7 @@ import pytest
 import s3fs
 from moto.server import ThreadedMotoServer
 
-from sharding import (
-    FeatureStore,
-    ManifestError,
-    ShardIntegrityError,
-    ShardWriter,
-    StoreError,
-    read_manifest,
-)
+from sharding import FeatureStore, ManifestError, ShardIntegrityError, ShardWriter, StoreError, read_manifest
 
 BUCKET = "metammf-sharding-test"
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",

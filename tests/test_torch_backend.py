@@ -27,12 +27,7 @@ import torch
 
 from metammf_dist.model.gcn import GCN, dgl_available
 from metammf_dist.sampler import (
-    BipartiteGraph,
-    Block,
-    NeighborBatches,
-    TorchNeighborSampler,
-    build_train_graph,
-    make_batches,
+    BipartiteGraph, Block, NeighborBatches, TorchNeighborSampler, build_train_graph, make_batches,
 )
 from metammf_dist.sampler.torch_neighbor import floyd_sample
 

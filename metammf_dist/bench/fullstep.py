@@ -51,7 +51,7 @@ def run(args) -> int:
     steps_per_epoch = epoch_steps(ds.num_interactions("train"), cfg.train.batch_size)
     refresh = args.refresh or steps_per_epoch
     cfg.train.fusion_cache_refresh = refresh
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, overwrite=True)  # a scratch run folder
     model, store = trainer.model, trainer.store
     print(f"catalog: {ds.num_users:,} users, {ds.num_items:,} items, {ds.num_interactions('train'):,} train pairs, "
           f"{ds.feat_dim}-d; {steps_per_epoch:,} steps per epoch at batch {cfg.train.batch_size:,}", flush=True)

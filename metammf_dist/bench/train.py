@@ -171,7 +171,7 @@ class VariantWorker:
         torch.set_num_threads(threads)
         self.cfg = load_config(None, overrides)
         started = time.perf_counter()
-        self.trainer = Trainer(self.cfg)
+        self.trainer = Trainer(self.cfg, overwrite=True)  # a scratch run folder
         self.setup_seconds = time.perf_counter() - started
         self.rss_after_setup = _status_bytes("VmRSS")
         self.trainer.engine.train()

@@ -8,6 +8,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--split", choices=["valid", "test"], default="test")
     parser.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load checkpoints whose pickles name globals outside the safe list (full pickle can "
+                             "run code: only for run folders you trust)")
     parser.add_argument("--data", default=None, help="dataset path if it moved since training")
     parser.add_argument("--popularity", action="store_true",
                         help="also rank the same users by train popularity (keys popularity_<metric>)")
@@ -20,7 +23,7 @@ def run(args) -> int:
     from metammf_dist.train.inference import compute_vectors, split_csr
     from metammf_dist.train.restore import restore
 
-    cfg, ds, store, graph, model, tag = restore(args.run_dir, args.data, args.checkpoint)
+    cfg, ds, store, graph, model, tag = restore(args.run_dir, args.data, args.checkpoint, args.trust_checkpoint)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # ranking is matmul + top-k: GPU if any
     user_vecs, item_vecs = compute_vectors(model.to(device), store, graph, ds.num_users, ds.num_items,
                                            cfg.eval.item_chunk, device=device)

@@ -13,6 +13,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/export)")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load checkpoints whose pickles name globals outside the safe list (full pickle can "
+                             "run code: only for run folders you trust)")
     parser.add_argument("--data", default=None)
 
 
@@ -33,7 +36,7 @@ def run(args) -> int:
     from metammf_dist.train.inference import compute_vectors, split_csr
     from metammf_dist.train.restore import restore
 
-    cfg, ds, store, graph, model, tag = restore(args.run_dir, args.data, args.checkpoint)
+    cfg, ds, store, graph, model, tag = restore(args.run_dir, args.data, args.checkpoint, args.trust_checkpoint)
     out = Path(args.out or Path(args.run_dir) / "export")
     out.mkdir(parents=True, exist_ok=True)
     user_vecs, item_vecs = compute_vectors(model, store, graph, ds.num_users, ds.num_items, cfg.eval.item_chunk)

@@ -21,6 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--users", type=int, help="with --model: number of users")
     parser.add_argument("--items", type=int, help="with --model: number of items")
     parser.add_argument("--feat-dim", type=int, help="with --model: concatenated feature dim")
+    parser.add_argument("--storage-options", default=None, metavar="JSON",
+                        help='fsspec options for an object-store DATASET, e.g. \'{"anon": true}\'')
 
 
 def run(args) -> int:
@@ -28,7 +30,10 @@ def run(args) -> int:
         return _model_info(args)
     if len(args.targets) != 1:
         raise DataError("info: give exactly one DATASET (or --model CONFIG)")
-    return _dataset_info(args.targets[0], verify=args.verify)
+    from metammf_dist.commands.prepare import parse_storage_options
+
+    return _dataset_info(args.targets[0], verify=args.verify,
+                         storage_options=parse_storage_options(args.storage_options))
 
 
 def format_summary(summary: dict) -> str:
@@ -54,10 +59,10 @@ def format_summary(summary: dict) -> str:
     return "\n".join(f"{label:<14} {value}" for label, value in rows)
 
 
-def _dataset_info(path: str, *, verify: bool) -> int:
+def _dataset_info(path: str, *, verify: bool, storage_options=None) -> int:
     from metammf_dist.data.dataset import Dataset
 
-    ds = Dataset.open(path)
+    ds = Dataset.open(path, storage_options=storage_options)
     print(format_summary(ds.summary()))
     if verify:
         store = ds.feature_store(cache_mb=16, verify=True)

@@ -16,10 +16,12 @@ Reading: ``Dataset.open(path)`` validates the folder (missing files, counts vs P
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import uuid
+from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
 import fsspec
@@ -42,12 +44,28 @@ FeatureInput = Union[Mapping[str, np.ndarray], Iterable[Mapping[str, np.ndarray]
 
 
 def _resolve(path: str, storage_options: Optional[dict]):
+    from sharding.fsio import describe, with_defaults
+
     path = os.fspath(path)
     try:
-        fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        fs, root = fsspec.core.url_to_fs(path, **with_defaults(path, storage_options))
     except Exception as exc:
-        raise DataError(f"{path}: cannot open filesystem ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path}: cannot open filesystem ({describe(exc)})") from None
     return fs, root.rstrip("/") or root
+
+
+@contextlib.contextmanager
+def _storage_errors(where: str, action: str):
+    """Anything the file system or object store raises, as one DataError naming ``where`` and the cause."""
+    from sharding import StoreError
+    from sharding.fsio import describe
+
+    try:
+        yield
+    except (DataError, StoreError):
+        raise
+    except Exception as exc:
+        raise DataError(f"{where}: cannot {action} ({describe(exc)})") from None
 
 
 def _is_local(fs) -> bool:
@@ -94,19 +112,20 @@ class DatasetWriter:
         self.storage_options = dict(storage_options or {})
         self.fs, self.final_root = _resolve(self.out, storage_options)
         self.local = _is_local(self.fs)
-        self._check_target(overwrite)
         self.overwrite = overwrite
-        if self.local:  # hidden temp sibling, renamed into place by commit()
-            parent, name = os.path.split(os.path.abspath(self.final_root))
-            os.makedirs(parent, exist_ok=True)
-            self.root = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            os.makedirs(self.root)
-        else:
-            self.root = self.final_root
-            if overwrite and self.fs.exists(self.root):  # dataset.json first: never a complete-looking mix
-                if self.fs.exists(_join(self.root, META_FILE)):
-                    self.fs.rm_file(_join(self.root, META_FILE))
-                self.fs.rm(self.root, recursive=True)
+        with _storage_errors(self.out, "write the dataset there"):
+            self._check_target(overwrite)
+            if self.local:  # hidden temp sibling, renamed into place by commit()
+                parent, name = os.path.split(os.path.abspath(self.final_root))
+                os.makedirs(parent, exist_ok=True)
+                self.root = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+                os.makedirs(self.root)
+            else:
+                self.root = self.final_root
+                if overwrite and self.fs.exists(self.root):  # dataset.json first: never a complete-looking mix
+                    if self.fs.exists(_join(self.root, META_FILE)):
+                        self.fs.rm_file(_join(self.root, META_FILE))
+                    self.fs.rm(self.root, recursive=True)
         self.counts = {name: 0 for name in SPLIT_NAMES}
         self.feature_rows = 0
         self._done = False
@@ -124,6 +143,12 @@ class DatasetWriter:
 
     # ------------------------------------------------------------------ target handling
     def _check_target(self, overwrite: bool) -> None:
+        if self.local:
+            for parent in Path(os.path.abspath(self.final_root)).parents:
+                if parent.exists():
+                    if not parent.is_dir():
+                        raise DataError(f"{self.out}: {parent} is a file, not a folder")
+                    break
         if not self.fs.exists(self.final_root):
             return
         empty = self.fs.isdir(self.final_root) and not self.fs.ls(self.final_root)
@@ -137,8 +162,11 @@ class DatasetWriter:
             old = f"{self.root}.old"
             os.rename(self.final_root, old)
         os.rename(self.root, self.final_root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if old is not None:  # what OUT was: a folder, or a file or link (--overwrite over a file)
+            if os.path.isdir(old) and not os.path.islink(old):
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.remove(old)
 
     # ------------------------------------------------------------------ appending
     def add_interactions(self, users, items, splits) -> None:
@@ -200,10 +228,11 @@ class DatasetWriter:
                 "split_seed": split_seed,
             }
             meta.update(extra or {})
-            with self.fs.open(_join(self.root, META_FILE), "w") as f:
-                f.write(json.dumps(meta, indent=1) + "\n")
-            if self.local:
-                self._replace_final()
+            with _storage_errors(self.out, "write the dataset there"):
+                with self.fs.open(_join(self.root, META_FILE), "w") as f:
+                    f.write(json.dumps(meta, indent=1) + "\n")
+                if self.local:
+                    self._replace_final()
         except BaseException:
             self.abort()
             raise
@@ -284,10 +313,15 @@ class Dataset:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path, storage_options: Optional[dict] = None) -> "Dataset":
-        from sharding import read_manifest
-
         path = os.fspath(path)
         fs, root = _resolve(path, storage_options)
+        with _storage_errors(path, "read the dataset"):
+            return cls._open(path, fs, root, storage_options)
+
+    @classmethod
+    def _open(cls, path: str, fs, root: str, storage_options: Optional[dict]) -> "Dataset":
+        from sharding import read_manifest
+
         meta_path = _join(root, META_FILE)
         meta_url = _join(path, META_FILE)
         if not fs.exists(meta_path):

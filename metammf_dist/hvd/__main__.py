@@ -12,10 +12,19 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.graph_backend=torch")
     args = parser.parse_args(argv)
 
-    from metammf_dist.config import load_config
+    from metammf_dist.cli import user_error_message
+    from metammf_dist.config import load_config, require_data_path
     from metammf_dist.hvd.trainer import HorovodTrainer
 
-    trainer = HorovodTrainer(load_config(args.config, args.overrides))
+    try:
+        cfg = require_data_path(load_config(args.config, args.overrides))
+    except Exception as exc:  # noqa: BLE001 - a bad config: one line, exit 2 (as the main CLI)
+        message = user_error_message(exc)
+        if message is None:
+            raise
+        print(f"python -m metammf_dist.hvd: error: {message}", file=sys.stderr)
+        return 2
+    trainer = HorovodTrainer(cfg)
     metrics = trainer.fit()
     if trainer.rank == 0:
         print(json.dumps(metrics, sort_keys=True), flush=True)

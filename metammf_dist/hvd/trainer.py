@@ -19,15 +19,12 @@ import torch
 
 from metammf_dist.config import Config
 from metammf_dist.data.dataset import Dataset
-from metammf_dist.data.feature_stats import feature_moments
-from metammf_dist.data.item_knn import feature_knn
 from metammf_dist.evaluation.ranking import evaluate_full_ranking
 from metammf_dist.graph.train_graph import build_train_graph
-from metammf_dist.model.registry import build_model
 from metammf_dist.sampler import batch_kind, make_batches
 from metammf_dist.sampler.features import attach_features
 from metammf_dist.train.inference import compute_vectors, split_csr
-from metammf_dist.train.loop import step_seed
+from metammf_dist.train.loop import model_from_data, step_seed
 from metammf_dist.train.lr_schedule import scheduled_lr, set_lr
 from metammf_dist.train.objective import BPRObjective
 
@@ -54,13 +51,7 @@ class HorovodTrainer:
         backend = getattr(cfg.train, "graph_backend", "dgl")
         self.graph = build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items, backend=backend)
         torch.manual_seed(cfg.train.seed)
-        self.model = build_model(cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim)
-        if cfg.model.feature_norm == "standardize":
-            self.model.set_feature_stats(*feature_moments(self.store))
-        if cfg.model.scorer == "gcn" and cfg.model.gcn_type == "light":
-            self.model.set_degrees(train_u, train_i)
-        if cfg.model.item_knn > 0:
-            self.model.set_item_graph(feature_knn(self.store, self.ds.modalities, cfg.model.item_knn))
+        self.model = model_from_data(cfg, self.ds, self.store, train_u, train_i)
         self.model.to(self.device)
         self.objective = BPRObjective(self.model)
         hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)

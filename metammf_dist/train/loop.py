@@ -31,7 +31,7 @@ from metammf_dist.data.item_knn import feature_knn
 from metammf_dist.distributed.deepspeed_engine import build_engine, gathered_model, load_ds_config
 from metammf_dist.distributed.id_tables import FILE_NAME as ID_TABLES_FILE
 from metammf_dist.distributed.id_tables import SparseIdTables
-from metammf_dist.distributed.process_group import DistInfo, init_distributed, log_main
+from metammf_dist.distributed.process_group import DistInfo, broadcast_object, init_distributed, log_main
 from metammf_dist.errors import TrainingError
 from metammf_dist.evaluation.ranking import evaluate_full_ranking
 from metammf_dist.graph.train_graph import build_train_graph
@@ -62,23 +62,27 @@ class TrainerState:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, info: Optional[DistInfo] = None):
+    """``resume``: continue from the run folder's newest usable checkpoint (fresh if it has none);
+    ``overwrite``: a folder that holds another run gets it moved aside (without either, such a folder is
+    refused); ``trust_checkpoint``: load checkpoints whose pickles name globals outside the safe list."""
+
+    def __init__(self, cfg: Config, info: Optional[DistInfo] = None, *, resume: bool = False,
+                 overwrite: bool = False, trust_checkpoint: bool = False):
         self.cfg = cfg
-        self.info = info or init_distributed()
-        self.run = RunDir(cfg.run_dir, self.info)
+        self.resume, self.trust = bool(resume), bool(trust_checkpoint)
+        # the dataset's metadata first: a wrong path or unreachable store fails before any process group starts
         self.ds = Dataset.open(cfg.data.path, storage_options=cfg.data.storage_options or None)
+        self.info = info or init_distributed()
+        self.run = RunDir(cfg.run_dir, self.info)  # claimed before any training data is read
+        refusal = broadcast_object(self.run.claim(resume, overwrite) if self.info.is_main else None, self.info)
+        if refusal:
+            raise TrainingError(refusal)
         self.store = self.ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
         train_u, train_i = self.ds.interactions("train")
         self.graph = build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items,
                                        backend=cfg.train.graph_backend)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.model = self._build_model()
-        if cfg.model.feature_norm == "standardize":
-            self.model.set_feature_stats(*feature_moments(self.store))
-        if cfg.model.scorer == "gcn" and cfg.model.gcn_type == "light":
-            self.model.set_degrees(train_u, train_i)
-        if cfg.model.item_knn > 0:
-            self.model.set_item_graph(feature_knn(self.store, self.ds.modalities, cfg.model.item_knn))
+        self.model = model_from_data(cfg, self.ds, self.store, train_u, train_i)
         self.id_tables: Optional[SparseIdTables] = None
         if cfg.train.id_tables == "sparse":  # before the engine: DeepSpeed must not see the ID tables
             self.id_tables = SparseIdTables(self.model, cfg.train.id_lr or cfg.train.lr, cfg.train.weight_decay,
@@ -101,13 +105,14 @@ class Trainer:
             self.batches.seed_features_only = self.strategy.seed_features_only
 
     # -- public -----------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict:
+    def fit(self) -> dict:
         cfg, info = self.cfg, self.info
         self.run.write_start(cfg, self.ds_config)
-        if resume:
-            tag = self.ckpt.pointer("latest")
+        if self.resume:
+            tag = self.ckpt.resolve("latest", self.trust)
             if tag is None:
                 log_main(info, f"--resume: no complete checkpoint in {self.ckpt.root}; starting fresh")
+                self.run.trim_metrics(-1)
             else:
                 self.state = TrainerState(**self.ckpt.load(self.engine, tag))
                 self._load_extras(tag)
@@ -116,6 +121,7 @@ class Trainer:
                     if saved is None or not self.strategy.load_state_dict(saved):
                         log_main(info, f"--resume: {tag} holds no {self.strategy.file_name} for this catalog; "
                                        "the strategy refreshes before the next step")
+                self.run.trim_metrics(self.state.global_step)
                 log_main(info, f"resumed from {tag} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
         while self.state.epoch < cfg.train.epochs and self.state.bad_evals < cfg.train.patience:
             self._train_epoch(self.state.epoch)
@@ -139,7 +145,7 @@ class Trainer:
                                      user_chunk=self.cfg.eval.user_chunk)
 
     def test_best(self) -> dict:
-        tag = self.state.best_tag or self.ckpt.pointer("latest")
+        tag = self.ckpt.resolve("latest", self.trust, first=self.state.best_tag)
         if tag is not None:
             self.ckpt.load(self.engine, tag)
             self._load_extras(tag)
@@ -273,11 +279,25 @@ class Trainer:
         if self.info.distributed:
             tdist.all_reduce(bad)
         if bad.item() > 0:
-            last = self.ckpt.pointer("latest")
+            last = self.ckpt.pointer("latest")  # named, not loaded
             raise TrainingError(
                 f"non-finite loss at epoch {epoch} step {step} (global step {self.state.global_step + 1}); "
                 f"stopped without applying it; last good checkpoint: {last or 'none'} in {self.ckpt.root}"
             )
+
+
+def model_from_data(cfg: Config, ds, store, train_users, train_items) -> torch.nn.Module:
+    """The configured model with what it takes from the data: feature statistics (``model.feature_norm``),
+    train-graph degrees (LightGCN) and the item kNN graph (``model.item_knn``).  Draws its initial weights
+    from torch's global generator (seed it first)."""
+    model = build_model(cfg.model, ds.num_users, ds.num_items, ds.feat_dim)
+    if cfg.model.feature_norm == "standardize":
+        model.set_feature_stats(*feature_moments(store))
+    if cfg.model.scorer == "gcn" and cfg.model.gcn_type == "light":
+        model.set_degrees(train_users, train_items)
+    if cfg.model.item_knn > 0:
+        model.set_item_graph(feature_knn(store, ds.modalities, cfg.model.item_knn))
+    return model
 
 
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:

@@ -21,14 +21,17 @@ from metammf_dist.train.checkpoint import Checkpoints, load_module_state
 PREFIX = "model."  # the engine wraps the recommender in BPRObjective(model)
 
 
-def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best"):
+def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best", trust: bool = False):
+    """(cfg, dataset, feature store, train graph, model in eval mode, checkpoint tag) of the run in ``run_dir``.
+    The checkpoint ``which`` points at is checked first (``Checkpoints.resolve``); a damaged one is skipped
+    for the newest that passes, with a warning; ``trust`` allows pickles outside the safe list."""
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise TrainingError(f"{run}: not a run folder (config.yaml missing)")
     overrides = [f"data.path={data_path}"] if data_path else []
     cfg = load_config(str(run / "config.yaml"), overrides)
     ckpt = Checkpoints(str(run), DistInfo())
-    tag = ckpt.pointer(which) or ckpt.pointer("latest")
+    tag = ckpt.resolve(which, trust)
     if tag is None:
         raise TrainingError(f"{run}: no complete checkpoint under {ckpt.root}")
     ds = Dataset.open(cfg.data.path, storage_options=cfg.data.storage_options or None)
