@@ -23,6 +23,7 @@ LATEST_TESTS=(
   tests/test_data_synth.py
   tests/test_fusion_cache.py
   tests/test_sparse_ids.py
+  tests/test_sharded_ids.py
   tests/test_scaling.py
   tests/test_gcn_history.py
   tests/test_hvd.py

@@ -123,6 +123,8 @@ def shard_advice(plan: mem.Plan, budget: float) -> List[str]:
             3: "gathered whole for its forward + its full gradient"}[plan.zero_stage]
     if plan.params.get("id_tables") == "sparse":
         per_elem, what = 12, "outside ZeRO: weights + lazy Adam m, v, replicated"
+    if plan.params.get("id_tables") == "sharded":
+        per_elem, what = 12 / plan.world_size, f"row-sharded: 1/{plan.world_size} of the rows per rank"
     for name, numel in (("user ID table", cfg_counts["user_id"]), ("item ID table", cfg_counts["item_id"])):
         nbytes = per_elem * numel
         if nbytes > SHARD_FRACTION * budget:

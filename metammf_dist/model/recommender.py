@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,12 +41,37 @@ class ColdStartEmbedding(nn.Embedding):
         return torch.where(known.unsqueeze(-1), rows, self.weight.mean(0).expand_as(rows))
 
 
+ID_INIT_BLOCK = 65536  # rows per independently seeded block of model.id_init=blocks
+ID_TABLES = {"user_emb": 0, "item_emb": 1}
+
+
+def init_id_rows(lo: int, hi: int, dim: int, seed: int, table: int, std: float) -> torch.Tensor:
+    """Rows ``[lo, hi)`` of an ID table under ``model.id_init=blocks``: ``N(0, std^2)`` drawn per block of
+    ``ID_INIT_BLOCK`` rows from a generator seeded by (seed, table, block), so any range of rows can be made
+    alone — the same values whichever process, placement or world size makes them."""
+    out = torch.empty(max(hi - lo, 0), dim)
+    for block in range(lo // ID_INIT_BLOCK, -(-hi // ID_INIT_BLOCK)):
+        start = block * ID_INIT_BLOCK
+        state = np.random.SeedSequence([int(seed), int(table), block]).generate_state(2, dtype=np.uint32)
+        gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        rows = torch.randn(ID_INIT_BLOCK, dim, generator=gen).mul_(std)
+        a, b = max(lo, start), min(hi, start + ID_INIT_BLOCK)
+        out[a - lo:b - lo] = rows[a - start:b - start]
+    return out
+
+
 class MetaMMFRecommender(nn.Module):
     """Parts, as attributes (grouped by ``summary.parameter_counts``): ``fusion`` (with
     ``fusion.meta_learner``, also reachable as ``meta_learner``), ``user_emb``, ``item_emb``, and
-    ``gcn`` (``None`` for the MF scorer)."""
+    ``gcn`` (``None`` for the MF scorer).
 
-    def __init__(self, cfg: ModelConfig, num_users: int, num_items: int, feat_dim: int):
+    ``model.id_init``: ``normal`` draws the ID rows from torch's global generator (after the fusion's
+    parameters); ``blocks`` draws them with ``init_id_rows`` from a seed taken when the model is built (torch's
+    initial seed), without touching the global generator.  ``id_device="meta"`` leaves the ID tables
+    unallocated (``blocks`` only): row-sharded tables then hold the rows (``distributed/sharded_ids.py``)."""
+
+    def __init__(self, cfg: ModelConfig, num_users: int, num_items: int, feat_dim: int,
+                 id_device: Optional[str] = None):
         super().__init__()
         if cfg.fusion_dims[-1] + cfg.item_id_dim != cfg.user_id_dim:
             raise ValueError(
@@ -58,10 +84,20 @@ class MetaMMFRecommender(nn.Module):
         self.num_users, self.num_items, self.feat_dim = num_users, num_items, feat_dim
         self.dim = cfg.user_id_dim
         self.fusion = build_fusion(cfg, feat_dim)
-        self.item_emb = ColdStartEmbedding(num_items, cfg.item_id_dim)
-        self.user_emb = nn.Embedding(num_users, cfg.user_id_dim)
-        nn.init.normal_(self.item_emb.weight, std=cfg.id_init_std)
-        nn.init.normal_(self.user_emb.weight, std=cfg.id_init_std)
+        if cfg.id_init == "blocks":
+            self.id_seed = torch.initial_seed()
+            sizes = {"item_emb": (num_items, cfg.item_id_dim), "user_emb": (num_users, cfg.user_id_dim)}
+            weights = {name: (torch.empty(n, d, device="meta") if id_device == "meta"
+                              else self.init_id_rows(name, 0, n)) for name, (n, d) in sizes.items()}
+            self.item_emb = ColdStartEmbedding(num_items, cfg.item_id_dim, _weight=weights["item_emb"])
+            self.user_emb = nn.Embedding(num_users, cfg.user_id_dim, _weight=weights["user_emb"])
+        else:
+            if id_device == "meta":
+                raise ValueError("id_device='meta' needs model.id_init=blocks")
+            self.item_emb = ColdStartEmbedding(num_items, cfg.item_id_dim)
+            self.user_emb = nn.Embedding(num_users, cfg.user_id_dim)
+            nn.init.normal_(self.item_emb.weight, std=cfg.id_init_std)
+            nn.init.normal_(self.user_emb.weight, std=cfg.id_init_std)
         self.gcn: Optional[nn.Module] = build_scorer(cfg)
         if cfg.feature_norm == "standardize":  # filled by set_feature_stats from the dataset
             self.register_buffer("feat_mean", torch.zeros(feat_dim))
@@ -71,6 +107,18 @@ class MetaMMFRecommender(nn.Module):
             self.register_buffer("item_inv_sqrt_deg", torch.ones(num_items))
         if cfg.item_knn > 0:  # filled by set_item_graph from the dataset (until then: each item its own neighbour)
             self.register_buffer("knn_index", torch.arange(num_items).unsqueeze(1).repeat(1, cfg.item_knn))
+
+    def init_id_rows(self, name: str, lo: int, hi: int) -> torch.Tensor:
+        """Rows ``[lo, hi)`` of ID table ``name`` ("user_emb" / "item_emb") as ``model.id_init=blocks`` draws them."""
+        dim = self.cfg.user_id_dim if name == "user_emb" else self.cfg.item_id_dim
+        return init_id_rows(lo, hi, dim, self.id_seed, ID_TABLES[name], self.cfg.id_init_std)
+
+    @property
+    def param_device(self) -> torch.device:
+        """Where the dense parameters live (the ID tables may be held elsewhere)."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     def set_feature_stats(self, mean, std) -> None:
         """Per-dim input statistics for ``feature_norm: standardize`` (x -> (x - mean) / std)."""
@@ -125,7 +173,7 @@ class MetaMMFRecommender(nn.Module):
         neighbours = self.knn_index[torch.where(known, ids, torch.zeros_like(ids))]
         n, k = neighbours.shape
         lookup = torch.cat([ids, neighbours.reshape(-1)]) if own else neighbours.reshape(-1)
-        rows = self.item_emb(lookup.to(self.item_emb.weight.device))
+        rows = self.item_emb(lookup.to(self.param_device))
         mean = rows[n if own else 0:].reshape(n, k, -1).mean(1) * known.unsqueeze(1).to(rows.dtype)
         return (rows[:n] if own else None), mean
 
@@ -140,7 +188,7 @@ class MetaMMFRecommender(nn.Module):
         if self.cfg.item_knn > 0 and self.cfg.item_knn_at == "input":
             own, mean = self._knn_lookup(item_ids, own=True)
             return own + mean
-        return self.item_emb(item_ids.to(self.item_emb.weight.device))
+        return self.item_emb(item_ids.to(self.param_device))
 
     def item_graph_term(self, item_ids: torch.Tensor) -> torch.Tensor:
         """``[n, D]``: zeros over the fusion part ⊕ ``knn_mean`` (what ``model.item_knn_at=output`` adds to the
@@ -170,8 +218,8 @@ class MetaMMFRecommender(nn.Module):
     # ---- vectors -------------------------------------------------------------------------------
     def fuse(self, feats: torch.Tensor) -> torch.Tensor:
         """The fusion part of item vectors: ``fusion((feats - mean) / std)`` -> ``[n, fusion_dims[-1]]``."""
-        weight = self.item_emb.weight
-        feats = feats.to(device=weight.device, dtype=weight.dtype)
+        param = next(self.fusion.parameters())
+        feats = feats.to(device=param.device, dtype=param.dtype)
         if hasattr(self, "feat_mean"):
             feats = (feats - self.feat_mean) / self.feat_std
         return self.fusion(feats)
@@ -189,10 +237,10 @@ class MetaMMFRecommender(nn.Module):
         fused = self.fuse(feats)
         if fused_rest is not None:
             fused = torch.cat([fused, fused_rest.detach().to(device=fused.device, dtype=fused.dtype)])
-        return torch.cat([fused, self.item_id_rows(item_ids.to(self.item_emb.weight.device))], dim=1)
+        return torch.cat([fused, self.item_id_rows(item_ids.to(self.param_device))], dim=1)
 
     def user_vectors(self, user_ids: torch.Tensor) -> torch.Tensor:
-        return self.user_emb(user_ids.to(self.user_emb.weight.device))
+        return self.user_emb(user_ids.to(self.param_device))
 
     # ---- scorer passes -------------------------------------------------------------------------
     def forward_blocks(
@@ -261,7 +309,7 @@ class MetaMMFRecommender(nn.Module):
         items = self.item_vectors(input_items[:n_item], input_item_feats)
         with torch.no_grad():
             rest_users = self.user_vectors(input_users[n_user:])
-            rest_ids = self.item_id_rows(input_items[n_item:].to(self.item_emb.weight.device))
+            rest_ids = self.item_id_rows(input_items[n_item:].to(self.param_device))
             rest_items = torch.cat([cached_fusion.to(device=rest_ids.device, dtype=rest_ids.dtype), rest_ids], dim=1)
         return self.gcn.forward_history(block, {"user": users, "item": items},
                                         {"user": rest_users, "item": rest_items}, history)
@@ -275,7 +323,7 @@ class MetaMMFRecommender(nn.Module):
         """
         if item_feats_all.shape[0] != self.num_items:
             raise ValueError(f"forward_graph: {item_feats_all.shape[0]} feature rows for {self.num_items} items")
-        device = self.item_emb.weight.device
+        device = self.param_device
         parts = []
         for start in range(0, self.num_items, chunk_size):
             stop = min(start + chunk_size, self.num_items)

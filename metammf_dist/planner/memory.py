@@ -520,7 +520,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     # dense gradients appear early, next to almost all saved activations; the fusion's gradients appear as
     # its activations are freed.  So "backward" holds the activations + the ID-table gradients, and the
     # "optimizer" phase (the batch is still referenced) holds all gradients + the optimizer's scratch.
-    sparse_ids = t.id_tables == "sparse"  # ID tables outside the engine: replicated, lazy row-wise Adam
+    sparse_ids = t.id_tables in ("sparse", "sharded")  # ID tables outside the engine, updated row by row
+    sharded_ids = t.id_tables == "sharded"  # ... and row-sharded: 1/n of the rows (and their state) per rank
     cached = t.fusion_cache_refresh > 0 and gcn and not full  # seed items fused, neighbours from the cache
     history = t.gcn_history and cached  # + one sampled hop, neighbours' inner layers from history tables
     layout = _param_layout(cfg, workload, with_ids=not sparse_ids)
@@ -565,13 +566,23 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         add("Adam temporaries", ADAM_TEMPS * FLOAT * p / n, "optimizer", opt_where, "on the flat partition")
 
     if sparse_ids:
-        add("ID tables + lazy Adam (m, v)", 3 * FLOAT * sum(id_tables) / FLOAT, "persistent", dev,
-            "outside ZeRO, replicated", tensors=id_tables * 3)
+        share = 1.0 / n if sharded_ids else 1.0
+        own = [b * share for b in id_tables]
+        if t.id_optimizer == "adam":
+            state, what = [2 * b for b in own], "lazy Adam (m, v)"
+        else:  # row-wise Adagrad: one float per row
+            state = [FLOAT * workload.num_users * share, FLOAT * workload.num_items * share]
+            what = "row-wise Adagrad (one float per row)"
+        where = f"row-sharded on TorchRec, 1/{n} of the rows" if sharded_ids else "outside ZeRO, replicated"
+        add(f"ID tables + {what}", sum(own) + sum(state), "persistent", dev, where, tensors=own + state)
         if history:  # only the seeds' rows get gradients
             rows = FLOAT * (blocks.output_users * m.user_id_dim + blocks.output_items * m.item_id_dim)
         else:
             rows = FLOAT * (blocks.input_users * m.user_id_dim + blocks.input_items * m.item_id_dim)
-        add("ID gradient rows (sparse, gathered)", (2 + n) * rows, "optimizer", dev, "coalesced, all ranks' rows")
+        if sharded_ids:  # looked-up rows and their gradients, through the all-to-all both ways
+            add("ID rows looked up + all-to-all buffers", 4 * rows, "optimizer", dev, "this rank's batch, both ways")
+        else:
+            add("ID gradient rows (sparse, gathered)", (2 + n) * rows, "optimizer", dev, "coalesced, all ranks' rows")
 
     # ---- one training step -----------------------------------------------------------------------------
     items_in, users_in = blocks.input_items, blocks.input_users

@@ -16,7 +16,7 @@ import os
 import resource
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -52,12 +52,14 @@ class Checkpoints:
         barrier(info)
 
     # -- saving -----------------------------------------------------------------------------------
-    def save(self, engine, tag: str, state: dict, keep: set, keep_last: int = 2, extras: Optional[dict] = None) -> None:
+    def save(self, engine, tag: str, state: dict, keep: set, keep_last: int = 2, extras: Optional[dict] = None,
+             rank_extras: Optional[dict] = None) -> None:
         """Collective: every rank calls it.  ``state`` is the trainer's resumable state (json-able).
 
         ``extras``: ``{file name: state_dict()}`` — state beside the engine's (the sparse ID tables, a
         strategy's) that rank 0 collects and writes into the tag before it is marked complete; tensors and plain
-        values only (``read_extra`` loads them with ``weights_only=True``)."""
+        values only (``read_extra`` loads them with ``weights_only=True``).  ``rank_extras``: ``{prefix:
+        state_dict()}`` that EVERY rank writes as ``<prefix>.rank<r>-of-<W>.pt`` (row-sharded state)."""
         if self.info.is_main:
             self._remove_incomplete()
             if (self.root / tag).exists():  # a re-save of a tag (e.g. after resuming before it): no stale marker
@@ -65,6 +67,9 @@ class Checkpoints:
         barrier(self.info)
         try:
             engine.save_checkpoint(str(self.root), tag=tag, client_state={"trainer": state}, save_latest=False)
+            for prefix, state_dict in (rank_extras or {}).items():
+                name = f"{prefix}.rank{self.info.rank:05d}-of-{self.info.world_size:05d}.pt"
+                atomic_torch_save(state_dict(), self.root / tag / name)
             barrier(self.info)
             if self.info.is_main:
                 for name, state_dict in (extras or {}).items():
@@ -158,6 +163,12 @@ class Checkpoints:
         if not path.exists():
             return None
         return torch.load(path, map_location="cpu", weights_only=True)
+
+    def read_rank_extras(self, tag: str, prefix: str) -> List[dict]:
+        """Every rank's ``<prefix>.rank*-of-*.pt`` of ``tag`` (any world size), memory-mapped: a reader copies
+        only the rows it takes."""
+        paths = sorted((self.root / tag).glob(f"{prefix}.rank*-of-*.pt"))
+        return [torch.load(str(path), map_location="cpu", weights_only=True, mmap=True) for path in paths]
 
     def load(self, engine, tag: str) -> dict:
         """Collective: restore module, optimizer and trainer state from ``tag``."""

@@ -8,7 +8,8 @@ batch's input items from the shard store -> BPR loss through the engine -> backw
 
 Big catalogs: a strategy (``metammf_dist/strategies``: the fusion cache, layer histories) is called through
 ``Strategy.prepare`` / ``after_step`` around each step and gives the model the rows it keeps across steps;
-``train.id_tables=sparse`` keeps the ID tables outside the engine (``distributed/id_tables.py``).  Both are
+``train.id_tables=sparse|sharded`` keeps the ID tables outside the engine, replicated (``distributed/id_tables.py``)
+or row-sharded across ranks (``distributed/sharded_ids.py``).  Both are
 saved with each checkpoint.  ``usage.json`` records the time per phase and every rank's peak RSS.
 
 Determinism: samplers are seeded by (seed, epoch, rank) and the torch RNG (dropout) is reseeded per step,
@@ -31,6 +32,8 @@ from metammf_dist.data.item_knn import feature_knn
 from metammf_dist.distributed.deepspeed_engine import build_engine, gathered_model, load_ds_config
 from metammf_dist.distributed.id_tables import FILE_NAME as ID_TABLES_FILE
 from metammf_dist.distributed.id_tables import SparseIdTables
+from metammf_dist.distributed.sharded_ids import FILE_PREFIX as SHARD_PREFIX
+from metammf_dist.distributed.sharded_ids import ShardedIdTables
 from metammf_dist.distributed.process_group import DistInfo, broadcast_object, init_distributed, log_main
 from metammf_dist.errors import TrainingError
 from metammf_dist.evaluation.ranking import evaluate_full_ranking
@@ -83,11 +86,7 @@ class Trainer:
                                        backend=cfg.train.graph_backend)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = model_from_data(cfg, self.ds, self.store, train_u, train_i)
-        self.id_tables: Optional[SparseIdTables] = None
-        if cfg.train.id_tables == "sparse":  # before the engine: DeepSpeed must not see the ID tables
-            self.id_tables = SparseIdTables(self.model, cfg.train.id_lr or cfg.train.lr, cfg.train.weight_decay,
-                                            distributed=self.info.distributed, world_size=self.info.world_size)
-            self.id_tables.to(self.info.device)
+        self.id_tables = build_id_tables(cfg, self.model, self.info)  # before the engine: DeepSpeed must not see them
         self.ds_config = load_ds_config(cfg, self.info)
         self.engine = build_engine(BPRObjective(self.model), cfg, self.ds_config, self.info)
         self.batches = make_batches(
@@ -213,18 +212,19 @@ class Trainer:
     def train_step(self, batch, epoch: int):
         """One optimizer step on ``batch`` (features, strategy rows, forward, backward, step) -> (loss, batch)."""
         strategy = self.strategy
+        t, step, per_epoch = self.cfg.train, self.state.global_step, self._steps_per_epoch()
+        if self.id_tables is not None:  # before the backward: sharded tables update inside it
+            self.id_tables.set_lr(scheduled_lr(t, step, per_epoch, base_lr=t.id_lr))
         attach_features(batch, self.store, self.batches.seed_features_only)  # no-op when prefetched
         batch = batch.to(self.info.device, non_blocking=True)
-        rows = {} if strategy is None else strategy.prepare(batch, self.state.global_step, self._full_model)
+        rows = {} if strategy is None else strategy.prepare(batch, step, self._full_model)
         loss, fresh = self.engine(batch, **rows)
         self._check_finite(loss, epoch, batch.step)
         self.engine.backward(loss)
-        t, step, per_epoch = self.cfg.train, self.state.global_step, self._steps_per_epoch()
         self.last_lr = scheduled_lr(t, step, per_epoch)
         set_lr(self.engine.optimizer.param_groups, self.last_lr)
         self.engine.step()
         if self.id_tables is not None:
-            self.id_tables.lr = scheduled_lr(t, step, per_epoch, base_lr=t.id_lr)
             self.id_tables.step()
         if strategy is not None:  # the seeds' fresh rows (computed before this step's update) go back
             strategy.after_step(batch, fresh)
@@ -235,7 +235,9 @@ class Trainer:
         return gathered_model(self.engine, self.model, self._build_model)
 
     def _build_model(self) -> torch.nn.Module:
-        return build_model(self.cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim)
+        """A fresh model of this run's shapes (the replica's skeleton; its tensors are the trained model's)."""
+        id_device = "meta" if self.cfg.model.id_init == "blocks" else None
+        return build_model(self.cfg.model, self.ds.num_users, self.ds.num_items, self.ds.feat_dim, id_device=id_device)
 
     def _steps_per_epoch(self, epoch: int = 0) -> int:
         """Steps an epoch takes (``train.max_steps_per_epoch`` caps it; the unit of ``train.lr_schedule``)."""
@@ -245,13 +247,15 @@ class Trainer:
 
     def _save(self, tag: str) -> None:
         keep = {self.state.best_tag} if self.state.best_tag else set()
-        extras = {}
-        if self.id_tables is not None:
+        extras, rank_extras = {}, {}
+        if isinstance(self.id_tables, ShardedIdTables):  # every rank writes its own rows
+            rank_extras[SHARD_PREFIX] = self.id_tables.shard_state
+        elif self.id_tables is not None:
             extras[ID_TABLES_FILE] = self.id_tables.state_dict
         if self.strategy is not None:
             extras[self.strategy.file_name] = self.strategy.state_dict
         self.ckpt.save(self.engine, tag, asdict(self.state), keep=keep, keep_last=self.cfg.train.keep_checkpoints,
-                       extras=extras)
+                       extras=extras, rank_extras=rank_extras)
 
     def _usage(self) -> dict:
         """This run's time split and every rank's peak RSS (collective)."""
@@ -268,7 +272,13 @@ class Trainer:
                 "eval_users_max": self.cfg.eval.max_users, "refresh_every": self.cfg.train.fusion_cache_refresh}
 
     def _load_extras(self, tag: str) -> None:
-        if self.id_tables is not None:
+        if isinstance(self.id_tables, ShardedIdTables):  # whatever world size wrote them: each rank takes its rows
+            shards = self.ckpt.read_rank_extras(tag, SHARD_PREFIX)
+            if not shards:
+                raise TrainingError(f"checkpoint {self.ckpt.root / tag}: no {SHARD_PREFIX} files "
+                                    "(train.id_tables=sharded)")
+            self.id_tables.load_shards(shards)
+        elif self.id_tables is not None:
             saved = self.ckpt.read_extra(tag, ID_TABLES_FILE)
             if saved is None:
                 raise TrainingError(f"checkpoint {self.ckpt.root / tag}: {ID_TABLES_FILE} missing (train.id_tables=sparse)")
@@ -289,8 +299,9 @@ class Trainer:
 def model_from_data(cfg: Config, ds, store, train_users, train_items) -> torch.nn.Module:
     """The configured model with what it takes from the data: feature statistics (``model.feature_norm``),
     train-graph degrees (LightGCN) and the item kNN graph (``model.item_knn``).  Draws its initial weights
-    from torch's global generator (seed it first)."""
-    model = build_model(cfg.model, ds.num_users, ds.num_items, ds.feat_dim)
+    from torch's global generator (seed it first).  Row-sharded ID tables are left unallocated here."""
+    id_device = "meta" if cfg.train.id_tables == "sharded" else None
+    model = build_model(cfg.model, ds.num_users, ds.num_items, ds.feat_dim, id_device=id_device)
     if cfg.model.feature_norm == "standardize":
         model.set_feature_stats(*feature_moments(store))
     if cfg.model.scorer == "gcn" and cfg.model.gcn_type == "light":
@@ -298,6 +309,18 @@ def model_from_data(cfg: Config, ds, store, train_users, train_items) -> torch.n
     if cfg.model.item_knn > 0:
         model.set_item_graph(feature_knn(store, ds.modalities, cfg.model.item_knn))
     return model
+
+
+def build_id_tables(cfg: Config, model: torch.nn.Module, info: DistInfo):
+    """Where the ID tables live (``train.id_tables``): dense -> None (inside the engine, with ZeRO); sparse ->
+    ``SparseIdTables`` (replicated, outside the engine); sharded -> ``ShardedIdTables`` (TorchRec, row-sharded)."""
+    t = cfg.train
+    if t.id_tables == "sparse":
+        return SparseIdTables(model, t.id_lr or t.lr, t.weight_decay, distributed=info.distributed,
+                              world_size=info.world_size, optimizer=t.id_optimizer).to(info.device)
+    if t.id_tables == "sharded":
+        return ShardedIdTables(model, t.id_lr or t.lr, t.weight_decay, info, optimizer=t.id_optimizer)
+    return None
 
 
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:

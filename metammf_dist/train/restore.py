@@ -13,6 +13,8 @@ from metammf_dist.data.dataset import Dataset
 from metammf_dist.distributed.id_tables import FILE_NAME as ID_TABLES_FILE
 from metammf_dist.distributed.id_tables import weights_of
 from metammf_dist.distributed.process_group import DistInfo
+from metammf_dist.distributed.sharded_ids import FILE_PREFIX as SHARD_PREFIX
+from metammf_dist.distributed.sharded_ids import assemble
 from metammf_dist.errors import TrainingError
 from metammf_dist.graph.train_graph import build_train_graph
 from metammf_dist.model.registry import build_model
@@ -39,6 +41,9 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best", 
     id_tables = ckpt.read_extra(tag, ID_TABLES_FILE)  # train.id_tables=sparse: the ID tables live beside
     if id_tables is not None:
         state.update(weights_of(id_tables))
+    shards = ckpt.read_rank_extras(tag, SHARD_PREFIX)  # train.id_tables=sharded: each rank's rows
+    if shards:
+        state.update(assemble(shards))
     model = build_model(cfg.model, ds.num_users, ds.num_items, ds.feat_dim)
     own = model.state_dict()
     params = {name for name, _ in model.named_parameters()}
