@@ -5,6 +5,7 @@ real TorchRec and FBGEMM (the latest lane; the DGL lane, which cannot run TorchR
   per-step losses within 1e-6 over 24 steps and the same test metrics, 2 ranks;
 * a checkpoint written by 4 ranks resumes on 2 and evaluates in 1 process to the same metrics (each rank's
   rows are saved with their range and re-cut on load);
+* the fusion cache is cut like the item table, and the cached runs agree the same way;
 * a run stopped mid-epoch and resumed equals a straight run (2 ranks, ZeRO-3 for the dense parameters);
 * ``model.id_init=blocks``: any row range is drawn alone, equal to the same rows of the whole table.
 """
@@ -30,20 +31,27 @@ def _losses(run) -> list:
 
 @needs_torchrec
 @pytest.mark.multiproc
-def test_sharded_tables_train_like_replicated_tables_with_the_same_optimizer(synth_ds, tmp_path):
+@pytest.mark.parametrize("cache", [[], ["train.fusion_cache_refresh=5"]], ids=["no-cache", "fusion-cache"])
+def test_sharded_tables_train_like_replicated_tables_with_the_same_optimizer(synth_ds, tmp_path, cache):
+    """With the fusion cache the sharded run also shards the cache (each rank refreshes its own items; lookups
+    and pushes go to the owners) and the replicated run keeps it whole on every rank."""
     runs = {}
     for mode in ("sharded", "sparse"):
-        runs[mode] = last_json(train(synth_ds, tmp_path / mode, *SHARDED, f"train.id_tables={mode}",
+        runs[mode] = last_json(train(synth_ds, tmp_path / mode, *SHARDED, *cache, f"train.id_tables={mode}",
                                      "train.log_every=1", nproc=2, epochs=3))
     sharded, sparse = _losses(tmp_path / "sharded"), _losses(tmp_path / "sparse")
     assert len(sharded) == len(sparse) >= 20
     assert [s for s, _ in sharded] == [s for s, _ in sparse]
     assert max(abs(a - b) for (_, a), (_, b) in zip(sharded, sparse)) <= 1e-6
     assert close(runs["sharded"], runs["sparse"], 1e-6), runs
-    # and the tables did move: the same run with a tenth of the ID learning rate ends elsewhere
-    slow = last_json(train(synth_ds, tmp_path / "slow", *SHARDED, "train.id_tables=sharded", "train.id_lr=0.005",
-                           nproc=2, epochs=3))
-    assert not close(slow, runs["sharded"], 1e-6)
+    if cache:
+        tag = tmp_path / "sharded" / "checkpoints" / "epoch0003-step0000000"
+        assert sorted(p.name for p in tag.glob("fusion_cache.*")) == [f"fusion_cache.rank0000{r}-of-00002.pt"
+                                                                      for r in (0, 1)]
+    else:  # and the tables did move: the same run with a tenth of the ID learning rate ends elsewhere
+        slow = last_json(train(synth_ds, tmp_path / "slow", *SHARDED, "train.id_tables=sharded", "train.id_lr=0.005",
+                               nproc=2, epochs=3))
+        assert not close(slow, runs["sharded"], 1e-6)
 
 
 @needs_torchrec
@@ -62,8 +70,12 @@ def test_a_checkpoint_from_four_ranks_resumes_on_two_and_evaluates_in_one(synth_
 @needs_torchrec
 @pytest.mark.multiproc
 def test_sharded_training_resumes_mid_epoch_like_a_straight_run(synth_ds, tmp_path):
-    straight, resumed, straight_run = straight_and_resumed(synth_ds, tmp_path, *SHARDED, "train.id_tables=sharded")
-    assert (straight_run / "checkpoints" / "epoch0001-step0000000" / "id_shard.rank00001-of-00002.pt").exists()
+    """With the sharded fusion cache (K = 3): the ID rows, their optimizer state and each rank's cache rows are
+    restored."""
+    straight, resumed, straight_run = straight_and_resumed(synth_ds, tmp_path, *SHARDED, "train.id_tables=sharded",
+                                                           "train.fusion_cache_refresh=3")
+    tag = straight_run / "checkpoints" / "epoch0001-step0000000"
+    assert (tag / "id_shard.rank00001-of-00002.pt").exists() and (tag / "fusion_cache.rank00001-of-00002.pt").exists()
     assert close(straight, resumed, 1e-6), (straight, resumed)
 
 

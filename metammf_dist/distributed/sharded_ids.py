@@ -164,23 +164,26 @@ class ShardedIdTables:
                                  f"this run has {self.optimizer}")
         for name, table in self.tables.items():
             local, opt_state = table.local_weight(), _optimizer_state(table)
-            filled = 0
-            for shard_state in shards:
-                saved = shard_state["tables"][name]
-                if saved["rows"] != table.num_embeddings:
-                    raise ValueError(f"{name}: the checkpoint has {saved['rows']:,} rows, this catalog "
+            parts = [shard_state["tables"][name] for shard_state in shards]
+            for part in parts:
+                if part["rows"] != table.num_embeddings:
+                    raise ValueError(f"{name}: the checkpoint has {part['rows']:,} rows, this catalog "
                                      f"{table.num_embeddings:,}")
-                lo, hi = max(saved["lo"], table.lo), min(saved["hi"], table.hi)
-                if lo >= hi:
-                    continue
-                src = slice(lo - saved["lo"], hi - saved["lo"])
-                dst = slice(lo - table.lo, hi - table.lo)
-                local[dst] = saved["weight"][src]
-                for key, tensor in opt_state.items():
-                    tensor[dst] = saved[key][src]
-                filled += hi - lo
-            if filled != table.hi - table.lo:
-                raise ValueError(f"{name}: the saved shards cover {filled:,} of rows {table.lo:,}..{table.hi:,}")
+            for key, target in (("weight", local), *opt_state.items()):
+                copy_range(parts, key, table.lo, table.hi, target, what=name)
+
+
+def copy_range(parts: List[dict], key: str, lo: int, hi: int, out: torch.Tensor, what: str = "rows") -> None:
+    """Fill ``out`` (rows ``[lo, hi)``) with ``part[key]`` of saved shards ``parts`` (each with its own ``lo`` /
+    ``hi``, from any world size); every row must be covered."""
+    filled = 0
+    for part in parts:
+        a, b = max(part["lo"], lo), min(part["hi"], hi)
+        if a < b:
+            out[a - lo:b - lo] = part[key][a - part["lo"]:b - part["lo"]]
+            filled += b - a
+    if filled != hi - lo:
+        raise ValueError(f"{what}: the saved shards cover {filled:,} of rows {lo:,}..{hi:,}")
 
 
 def assemble(shards: List[dict]) -> Dict[str, torch.Tensor]:

@@ -39,6 +39,14 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def rank_file(prefix: str, rank, world_size) -> str:
+    """``<prefix>.rank<r>-of-<W>.pt``: one rank's part of row-sharded state (``prefix`` without ``.pt``)."""
+    stem = prefix[:-3] if prefix.endswith(".pt") else prefix
+    if isinstance(rank, int):
+        return f"{stem}.rank{rank:05d}-of-{world_size:05d}.pt"
+    return f"{stem}.rank{rank}-of-{world_size}.pt"
+
+
 def tag_for(epoch: int, step_in_epoch: int) -> str:
     return f"epoch{epoch:04d}-step{step_in_epoch:07d}"
 
@@ -68,8 +76,7 @@ class Checkpoints:
         try:
             engine.save_checkpoint(str(self.root), tag=tag, client_state={"trainer": state}, save_latest=False)
             for prefix, state_dict in (rank_extras or {}).items():
-                name = f"{prefix}.rank{self.info.rank:05d}-of-{self.info.world_size:05d}.pt"
-                atomic_torch_save(state_dict(), self.root / tag / name)
+                atomic_torch_save(state_dict(), self.root / tag / rank_file(prefix, self.info.rank, self.info.world_size))
             barrier(self.info)
             if self.info.is_main:
                 for name, state_dict in (extras or {}).items():
@@ -167,7 +174,7 @@ class Checkpoints:
     def read_rank_extras(self, tag: str, prefix: str) -> List[dict]:
         """Every rank's ``<prefix>.rank*-of-*.pt`` of ``tag`` (any world size), memory-mapped: a reader copies
         only the rows it takes."""
-        paths = sorted((self.root / tag).glob(f"{prefix}.rank*-of-*.pt"))
+        paths = sorted((self.root / tag).glob(rank_file(prefix, "*", "*")))
         return [torch.load(str(path), map_location="cpu", weights_only=True, mmap=True) for path in paths]
 
     def load(self, engine, tag: str) -> dict:

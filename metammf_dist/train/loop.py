@@ -116,7 +116,9 @@ class Trainer:
                 self.state = TrainerState(**self.ckpt.load(self.engine, tag))
                 self._load_extras(tag)
                 if self.strategy is not None:
-                    saved = self.ckpt.read_extra(tag, self.strategy.file_name)
+                    name = self.strategy.file_name
+                    saved = (self.ckpt.read_rank_extras(tag, name) or None) if self.strategy.sharded \
+                        else self.ckpt.read_extra(tag, name)
                     if saved is None or not self.strategy.load_state_dict(saved):
                         log_main(info, f"--resume: {tag} holds no {self.strategy.file_name} for this catalog; "
                                        "the strategy refreshes before the next step")
@@ -253,7 +255,7 @@ class Trainer:
         elif self.id_tables is not None:
             extras[ID_TABLES_FILE] = self.id_tables.state_dict
         if self.strategy is not None:
-            extras[self.strategy.file_name] = self.strategy.state_dict
+            (rank_extras if self.strategy.sharded else extras)[self.strategy.file_name] = self.strategy.state_dict
         self.ckpt.save(self.engine, tag, asdict(self.state), keep=keep, keep_last=self.cfg.train.keep_checkpoints,
                        extras=extras, rank_extras=rank_extras)
 
