@@ -259,6 +259,9 @@ def validate(cfg: Config) -> Config:
         if cfg.train.gcn_history:
             raise ConfigError("config key 'train.gcn_history': layer histories read the whole user table; they need "
                               "train.id_tables=dense or sparse")
+        if cfg.model.item_knn > 0:
+            raise ConfigError("config key 'model.item_knn': the item kNN graph reads neighbours' ID rows outside the "
+                              "row ranges the sharded evaluation holds; it needs train.id_tables=dense or sparse")
     if cfg.train.gcn_history and cfg.model.gcn_type != "sage":
         raise ConfigError("config key 'train.gcn_history': layer histories are written for model.gcn_type=sage "
                           f"(got {cfg.model.gcn_type!r})")

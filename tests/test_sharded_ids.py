@@ -21,7 +21,7 @@ from helpers import close, last_json, run_cli, straight_and_resumed, train
 
 HAVE_TORCHREC = importlib.util.find_spec("torchrec") is not None and importlib.util.find_spec("fbgemm_gpu") is not None
 needs_torchrec = pytest.mark.skipif(not HAVE_TORCHREC, reason="TorchRec runs in the latest lane only")
-SHARDED = ["model.id_init=blocks", "train.id_optimizer=rowwise_adagrad", "train.id_lr=0.05"]
+SHARDED = ["model.id_init=blocks", "train.id_optimizer=rowwise_adagrad", "train.id_lr=0.05", "model.item_knn=0"]
 
 
 def _losses(run) -> list:
@@ -126,7 +126,9 @@ def test_sharded_config_rules():
     with pytest.raises(ConfigError, match="train.gcn_history"):
         load_config("configs/tiktok.yaml", ["train.id_tables=sharded", "model.id_init=blocks", "model.gcn_type=sage",
                                             "train.fusion_cache_refresh=5", "train.gcn_history=true"])
-    assert load_config("configs/tiktok.yaml", ["train.id_tables=sharded", "model.id_init=blocks"])
+    with pytest.raises(ConfigError, match="model.item_knn"):  # the TikTok config's item kNN graph
+        load_config("configs/tiktok.yaml", ["train.id_tables=sharded", "model.id_init=blocks"])
+    assert load_config("configs/tiktok.yaml", ["train.id_tables=sharded", "model.id_init=blocks", "model.item_knn=0"])
 
 
 def test_rowwise_adagrad_matches_its_formula():

@@ -149,8 +149,9 @@ class MetaMMFRecommender(nn.Module):
                 raise ValueError(f"set_degrees: ids up to {degree.numel() - 1} for {n} nodes")
             buf.copy_(degree.clamp(min=1).to(buf.dtype).rsqrt())
 
-    def _inv_sqrt_degree(self, users: Optional[torch.Tensor] = None, items: Optional[torch.Tensor] = None):
-        """``{"user": ..., "item": ...}`` of the given nodes (all when None) for the light GCN, else None."""
+    def inv_sqrt_degree(self, users: Optional[torch.Tensor] = None, items: Optional[torch.Tensor] = None):
+        """``1/sqrt(train degree)`` ``{"user": ..., "item": ...}`` of the given nodes (all when None) for the light
+        GCN, else None."""
         if not hasattr(self, "user_inv_sqrt_deg"):
             return None
         u, i = self.user_inv_sqrt_deg, self.item_inv_sqrt_deg
@@ -161,7 +162,7 @@ class MetaMMFRecommender(nn.Module):
         """The GCN over the whole graph ``g`` from layer-0 ``vectors`` of every node (MF: unchanged)."""
         if self.gcn is None:
             return vectors
-        return self.gcn.forward_graph(g, vectors, self._inv_sqrt_degree())
+        return self.gcn.forward_graph(g, vectors, self.inv_sqrt_degree())
 
     def _knn_lookup(self, item_ids: torch.Tensor, own: bool):
         """ONE lookup of the ID table for ``item_ids``' neighbours (and the items' own rows when ``own``):
@@ -286,7 +287,7 @@ class MetaMMFRecommender(nn.Module):
             if cached_fusion is not None:  # the seeds' exact fusion rows lead the item vectors
                 fresh = {"fusion": items[: input_item_feats.shape[0], : self.fusion_out_dim].detach()}
             feats = {"user": self.user_vectors(input_users), "item": items}
-            vectors = self.gcn(blocks, feats, self._inv_sqrt_degree(input_users, input_items))
+            vectors = self.gcn(blocks, feats, self.inv_sqrt_degree(input_users, input_items))
         # output items lead the inputs (MF: they are the inputs; DGL blocks: dst nodes are a prefix of src nodes)
         vectors = self.add_item_graph(vectors, input_items)
         return vectors if fresh is None else {**vectors, "fresh": fresh}

@@ -29,14 +29,24 @@ from metammf_dist.config import Config, sampled_fanouts
 from metammf_dist.data.dataset import Dataset
 from metammf_dist.data.feature_stats import feature_moments
 from metammf_dist.data.item_knn import feature_knn
-from metammf_dist.distributed.deepspeed_engine import build_engine, gathered_model, load_ds_config
+from metammf_dist.distributed.collectives import fetch_owned_rows
+from metammf_dist.distributed.deepspeed_engine import (
+    build_engine,
+    gathered_model,
+    load_ds_config,
+)
 from metammf_dist.distributed.id_tables import FILE_NAME as ID_TABLES_FILE
 from metammf_dist.distributed.id_tables import SparseIdTables
+from metammf_dist.distributed.process_group import (
+    DistInfo,
+    broadcast_object,
+    init_distributed,
+    log_main,
+)
 from metammf_dist.distributed.sharded_ids import FILE_PREFIX as SHARD_PREFIX
 from metammf_dist.distributed.sharded_ids import ShardedIdTables
-from metammf_dist.distributed.process_group import DistInfo, broadcast_object, init_distributed, log_main
 from metammf_dist.errors import TrainingError
-from metammf_dist.evaluation.ranking import evaluate_full_ranking
+from metammf_dist.evaluation.ranking import evaluate_full_ranking, evaluate_item_sharded
 from metammf_dist.graph.train_graph import build_train_graph
 from metammf_dist.model.registry import build_model
 from metammf_dist.procmem import peak_rss_bytes
@@ -44,7 +54,7 @@ from metammf_dist.sampler import batch_kind, make_batches
 from metammf_dist.sampler.features import attach_features
 from metammf_dist.strategies import build_strategy
 from metammf_dist.train.checkpoint import Checkpoints, tag_for
-from metammf_dist.train.inference import compute_vectors, split_csr
+from metammf_dist.train.inference import compute_vectors, sharded_vectors, split_csr
 from metammf_dist.train.lr_schedule import scheduled_lr, set_lr
 from metammf_dist.train.objective import BPRObjective
 from metammf_dist.train.run_dir import RunDir
@@ -137,6 +147,8 @@ class Trainer:
     def evaluate(self, split: str) -> dict:
         exclude = ["train"] if split == "valid" else ["train", "valid"]
         truth, excl, users = split_csr(self.ds, split, exclude, self.cfg.eval.max_users)
+        if isinstance(self.id_tables, ShardedIdTables):
+            return self._evaluate_sharded(truth, excl, users)
         with self._full_model() as model:
             user_vecs, item_vecs = compute_vectors(
                 model, self.store, self.graph, self.ds.num_users, self.ds.num_items,
@@ -144,6 +156,23 @@ class Trainer:
             )
         return evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=tuple(self.cfg.eval.ks),
                                      user_chunk=self.cfg.eval.user_chunk)
+
+    def _evaluate_sharded(self, truth, excl, users) -> dict:
+        """Row-sharded tables: each rank computes the vectors of the users and items it owns (the GCN's
+        neighbour rows exchanged per layer), ranks the users against its own items and the per-user top-K
+        are merged across ranks — no rank holds the catalog's vectors."""
+        info, ev = self.info, self.cfg.eval
+        with self._full_model() as model:
+            (user_lo, user_vecs), (item_lo, item_vecs) = sharded_vectors(
+                model, self.store, self.graph, self.ds.num_users, self.ds.num_items, info.rank, info.world_size,
+                item_chunk=ev.item_chunk, device=info.device)
+        block = -(-self.ds.num_users // info.world_size)
+
+        def user_rows(ids):  # collective: every rank asks for the same chunk
+            return fetch_owned_rows(ids.to(user_vecs.device), user_vecs, user_lo, block, info.world_size)
+
+        return evaluate_item_sharded(user_rows, item_vecs, item_lo, self.ds.num_items, excl, truth, users,
+                                     ks=tuple(ev.ks), user_chunk=ev.user_chunk)
 
     def test_best(self) -> dict:
         tag = self.ckpt.resolve("latest", self.trust, first=self.state.best_tag)
