@@ -68,6 +68,7 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = full epoch (benchmarks and smoke tests cap it)
     log_every: int = 10
     graph_backend: str = "dgl"  # dgl | torch (torch-only graph, sampler and GCN path: no DGL needed)
+    tf32: bool = True  # fp32 matmuls may use TF32 on GPUs that have it (false: full fp32); bf16 is the DeepSpeed JSON's
     fusion_cache_refresh: int = 0  # 0 = off; K > 0: neighbour items read a fusion cache refreshed every K steps
     id_tables: str = "dense"  # dense: inside the DeepSpeed engine (ZeRO); sparse: outside it, replicated, updated row by
     #                           row; sharded: row-sharded across ranks on TorchRec (the latest lane)

@@ -29,6 +29,7 @@ LATEST_TESTS=(
   tests/test_hvd.py
   tests/test_reliability.py
   tests/test_layout.py
+  tests/test_precision.py
 )
 rc=0
 .venv-latest/bin/python -m pytest -q -m "not slow" "${LATEST_TESTS[@]}" "$@" || rc=$?

@@ -281,8 +281,8 @@ class GCN(nn.Module):
         for stype, etype, dtype in EDGE_TYPES:
             src, dst = _block_edges(block, etype)
             n_dst = block.num_dst_nodes(dtype)
-            x = h[stype] * scale[stype][: h[stype].shape[0]].unsqueeze(1)
-            out[dtype] = neighbour_mean(x, src, dst, n_dst) / scale[dtype][:n_dst].unsqueeze(1)
+            x = h[stype] * scale[stype][: h[stype].shape[0]].unsqueeze(1).to(h[stype].dtype)
+            out[dtype] = neighbour_mean(x, src, dst, n_dst) / scale[dtype][:n_dst].unsqueeze(1).to(x.dtype)
         return out
 
     def layer_forward(self, index: int, graph, h: Dict[str, torch.Tensor],

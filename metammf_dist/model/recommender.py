@@ -114,6 +114,13 @@ class MetaMMFRecommender(nn.Module):
         return init_id_rows(lo, hi, dim, self.id_seed, ID_TABLES[name], self.cfg.id_init_std)
 
     @property
+    def param_dtype(self) -> torch.dtype:
+        """The dense parameters' dtype (bf16 under a bf16 DeepSpeed engine); ID rows held outside are cast to it."""
+        for tensor in self.parameters():
+            return tensor.dtype
+        return torch.float32
+
+    @property
     def param_device(self) -> torch.device:
         """Where the dense parameters live (the ID tables may be held elsewhere)."""
         for tensor in (*self.parameters(), *self.buffers()):
@@ -188,8 +195,8 @@ class MetaMMFRecommender(nn.Module):
         """The ID part of layer-0 item vectors: the ID row, plus ``knn_mean`` with ``model.item_knn_at=input``."""
         if self.cfg.item_knn > 0 and self.cfg.item_knn_at == "input":
             own, mean = self._knn_lookup(item_ids, own=True)
-            return own + mean
-        return self.item_emb(item_ids.to(self.param_device))
+            return (own + mean).to(self.param_dtype)
+        return self.item_emb(item_ids.to(self.param_device)).to(self.param_dtype)
 
     def item_graph_term(self, item_ids: torch.Tensor) -> torch.Tensor:
         """``[n, D]``: zeros over the fusion part ⊕ ``knn_mean`` (what ``model.item_knn_at=output`` adds to the
@@ -220,10 +227,11 @@ class MetaMMFRecommender(nn.Module):
     def fuse(self, feats: torch.Tensor) -> torch.Tensor:
         """The fusion part of item vectors: ``fusion((feats - mean) / std)`` -> ``[n, fusion_dims[-1]]``."""
         param = next(self.fusion.parameters())
-        feats = feats.to(device=param.device, dtype=param.dtype)
-        if hasattr(self, "feat_mean"):
-            feats = (feats - self.feat_mean) / self.feat_std
-        return self.fusion(feats)
+        exact = param.dtype if param.dtype.itemsize >= 4 else torch.float32  # at least fp32, also under bf16
+        feats = feats.to(device=param.device, dtype=exact)
+        if hasattr(self, "feat_mean"):  # the statistics are fp32 buffers, also under bf16
+            feats = (feats - self.feat_mean.to(exact)) / self.feat_std.to(exact)
+        return self.fusion(feats.to(param.dtype))
 
     def item_vectors(self, item_ids: torch.Tensor, feats: torch.Tensor,
                      fused_rest: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -241,7 +249,7 @@ class MetaMMFRecommender(nn.Module):
         return torch.cat([fused, self.item_id_rows(item_ids.to(self.param_device))], dim=1)
 
     def user_vectors(self, user_ids: torch.Tensor) -> torch.Tensor:
-        return self.user_emb(user_ids.to(self.param_device))
+        return self.user_emb(user_ids.to(self.param_device)).to(self.param_dtype)
 
     # ---- scorer passes -------------------------------------------------------------------------
     def forward_blocks(

@@ -29,7 +29,7 @@ def compute_vectors(model, store, graph, num_users: int, num_items: int, item_ch
         if getattr(model, "gcn", None) is not None:
             out = model.propagate_graph(graph.to(device), out)
         out = model.add_item_graph(out, torch.arange(num_items, device=device), item_chunk)
-        return out["user"], out["item"]
+        return out["user"].float(), out["item"].float()  # ranked in fp32 (a bf16 model's vectors too)
     finally:
         model.train(was_training)
 
@@ -97,6 +97,6 @@ def sharded_vectors(model, store, graph, num_users: int, num_items: int, rank: i
                 h = model.gcn.layer_forward(index, block, src, scale)
                 outputs.append(h)
             h = model.gcn.combine_layers(outputs)
-        return (users[0], h["user"]), (items[0], h["item"])
+        return (users[0], h["user"].float()), (items[0], h["item"].float())
     finally:
         model.train(was_training)

@@ -57,6 +57,7 @@ from metammf_dist.train.checkpoint import Checkpoints, tag_for
 from metammf_dist.train.inference import compute_vectors, sharded_vectors, split_csr
 from metammf_dist.train.lr_schedule import scheduled_lr, set_lr
 from metammf_dist.train.objective import BPRObjective
+from metammf_dist.train.precision import apply_tf32, keep_fp32_buffers, precision_of
 from metammf_dist.train.run_dir import RunDir
 
 
@@ -86,6 +87,7 @@ class Trainer:
         # the dataset's metadata first: a wrong path or unreachable store fails before any process group starts
         self.ds = Dataset.open(cfg.data.path, storage_options=cfg.data.storage_options or None)
         self.info = info or init_distributed()
+        apply_tf32(cfg.train.tf32)
         self.run = RunDir(cfg.run_dir, self.info)  # claimed before any training data is read
         refusal = broadcast_object(self.run.claim(resume, overwrite) if self.info.is_main else None, self.info)
         if refusal:
@@ -98,7 +100,9 @@ class Trainer:
         self.model = model_from_data(cfg, self.ds, self.store, train_u, train_i)
         self.id_tables = build_id_tables(cfg, self.model, self.info)  # before the engine: DeepSpeed must not see them
         self.ds_config = load_ds_config(cfg, self.info)
-        self.engine = build_engine(BPRObjective(self.model), cfg, self.ds_config, self.info)
+        self.precision = precision_of(self.ds_config)  # bf16 when the DeepSpeed JSON enables it
+        with keep_fp32_buffers(self.model):  # feature statistics and degree normalisers stay fp32
+            self.engine = build_engine(BPRObjective(self.model), cfg, self.ds_config, self.info)
         self.batches = make_batches(
             batch_kind(cfg.model.scorer, cfg.train.sampler), self.graph, fanouts=sampled_fanouts(cfg), batch_size=cfg.train.batch_size,
             num_negatives=cfg.train.num_negatives, seed=cfg.train.seed, rank=self.info.rank,

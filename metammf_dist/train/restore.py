@@ -5,8 +5,11 @@ mismatch in user/item counts or feature dims is an error naming both sides.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
+
+import torch
 
 from metammf_dist.config import load_config
 from metammf_dist.data.dataset import Dataset
@@ -19,6 +22,7 @@ from metammf_dist.errors import TrainingError
 from metammf_dist.graph.train_graph import build_train_graph
 from metammf_dist.model.registry import build_model
 from metammf_dist.train.checkpoint import Checkpoints, load_module_state
+from metammf_dist.train.precision import keep_fp32_buffers, precision_of
 
 PREFIX = "model."  # the engine wraps the recommender in BPRObjective(model)
 
@@ -57,8 +61,17 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best", 
                 f"({ds.num_users} users, {ds.num_items} items, feature dim {ds.feat_dim})"
             )
     model.load_state_dict({k: state[k].float() if own[k].is_floating_point() else state[k] for k in own})
+    if _run_precision(run) == "bf16":  # compute as the run did: bf16 parameters, fp32 buffers
+        with keep_fp32_buffers(model):
+            model.to(torch.bfloat16)
     model.eval()
     store = ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
     train_u, train_i = ds.interactions("train")
     graph = build_train_graph(train_u, train_i, ds.num_users, ds.num_items, backend=cfg.train.graph_backend)
     return cfg, ds, store, graph, model, tag
+
+
+def _run_precision(run: Path) -> str:
+    """The training precision recorded in the run folder's ``ds_config.json`` (fp32 if it has none)."""
+    path = run / "ds_config.json"
+    return precision_of(json.loads(path.read_text())) if path.is_file() else "fp32"

@@ -1,0 +1,83 @@
+"""Training precision (train/precision.py): bf16 from the DeepSpeed JSON, fp32 islands, TF32 switch, fp16 refused.
+
+* a bf16 engine holds bf16 parameters while the loss, the feature statistics and the degree normalisers stay
+  fp32, and the features are standardised in fp32 (checked against an fp32 reference);
+* a 2-rank ZeRO-2 bf16 run resumed mid-epoch ends exactly like a straight run, and ``evaluate`` of its checkpoint
+  (bf16 parameters, fp32 buffers, as the run computed) gives the run's test metrics;
+* ``train.tf32`` sets torch's TF32 switches; a DeepSpeed JSON with fp16 is one line.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from helpers import SMALL, close, last_json, run_cli, straight_and_resumed, train
+
+BF16 = ["train.ds_config=configs/ds/zero2_bf16.json"]
+
+
+def test_bf16_engine_keeps_the_fp32_islands(synth_ds, tmp_path):
+    from metammf_dist.config import load_config
+    from metammf_dist.train.loop import Trainer
+
+    cfg = load_config("configs/tiktok.yaml", [f"data.path={synth_ds}", f"run_dir={tmp_path / 'run'}", *SMALL,
+                                              "train.ds_config=configs/ds/zero0_bf16.json", "train.graph_backend=torch"])
+    trainer = Trainer(cfg)
+    model = trainer.model
+    assert trainer.precision == "bf16"
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    floating = {name: b.dtype for name, b in model.named_buffers() if b.is_floating_point()}
+    assert floating and set(floating.values()) == {torch.float32}, floating  # feat_mean/std, inverse degrees
+    # standardisation in fp32 before the cast: the fused rows equal an fp32 reference's within bf16 rounding of
+    # the fusion itself, which a bf16 subtraction of TikTok-like means (~2.7) would not
+    feats = torch.randn(5, model.feat_dim) * 0.01 + 2.7
+    with torch.no_grad():
+        fused = model.fuse(feats)
+        x = ((feats - model.feat_mean) / model.feat_std).to(torch.bfloat16)
+        assert torch.equal(fused, model.fusion(x))
+    batch = next(iter(trainer.batches.epoch(0, store=trainer.store)))
+    loss, batch = trainer.train_step(batch, 0)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+@pytest.mark.multiproc
+def test_bf16_zero2_two_ranks_resume_exactly_and_evaluate_like_the_run(synth_ds, tmp_path):
+    straight, resumed, straight_run = straight_and_resumed(synth_ds, tmp_path, *BF16, stage=2)
+    assert json.loads((straight_run / "ds_config.json").read_text())["bf16"]["enabled"] is True
+    assert close(straight, resumed, 1e-6), (straight, resumed)
+    assert close(last_json(run_cli("evaluate", str(straight_run))), straight, 1e-6)
+    fp32 = last_json(train(synth_ds, tmp_path / "fp32", nproc=2, stage=2, epochs=1))
+    assert not close(fp32, straight, 1e-6)  # bf16 did change the computation
+
+
+def test_tf32_switch():
+    from metammf_dist.train.precision import apply_tf32
+
+    try:
+        apply_tf32(False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "highest"
+        apply_tf32(True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
+    finally:
+        apply_tf32(False)
+
+
+def test_fp16_is_refused_in_one_line(synth_ds, tmp_path):
+    ds = tmp_path / "fp16.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 0}, "fp16": {"enabled": True}}))
+    proc = train(synth_ds, tmp_path / "run", f"train.ds_config={ds}", epochs=1, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "fp16" in proc.stderr.strip().splitlines()[-1] and "bf16" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_keep_fp32_buffers_restores_what_a_conversion_rounded():
+    from metammf_dist.train.precision import keep_fp32_buffers
+
+    module = torch.nn.Linear(3, 2)
+    module.register_buffer("mean", torch.tensor([2.7182817, 3.1415927]))
+    with keep_fp32_buffers(module):
+        module.to(torch.bfloat16)
+    assert module.weight.dtype == torch.bfloat16
+    assert module.mean.dtype == torch.float32 and torch.equal(module.mean, torch.tensor([2.7182817, 3.1415927]))
