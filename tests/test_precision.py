@@ -23,7 +23,7 @@ def test_bf16_engine_keeps_the_fp32_islands(synth_ds, tmp_path):
     from metammf_dist.train.loop import Trainer
 
     cfg = load_config("configs/tiktok.yaml", [f"data.path={synth_ds}", f"run_dir={tmp_path / 'run'}", *SMALL,
-                                              "train.ds_config=configs/ds/zero0_bf16.json", "train.graph_backend=torch"])
+                                              "train.ds_config=configs/ds/zero1_bf16.json", "train.graph_backend=torch"])
     trainer = Trainer(cfg)
     model = trainer.model
     assert trainer.precision == "bf16"
@@ -81,3 +81,18 @@ def test_keep_fp32_buffers_restores_what_a_conversion_rounded():
         module.to(torch.bfloat16)
     assert module.weight.dtype == torch.bfloat16
     assert module.mean.dtype == torch.float32 and torch.equal(module.mean, torch.tensor([2.7182817, 3.1415927]))
+
+
+def test_bf16_at_zero_stage_0_trains_or_is_refused_in_one_line(synth_ds, tmp_path):
+    """DeepSpeed 0.18.2 (the DGL lane) runs bf16 at stage 0 through its fp16 optimizer, where the loss diverges:
+    refused, naming the ZeRO-1 file; DeepSpeed 0.19 (the latest lane) trains it."""
+    import deepspeed
+
+    proc = train(synth_ds, tmp_path / "run", "train.ds_config=configs/ds/zero0_bf16.json", epochs=1, check=False)
+    major, minor = (int(x) for x in deepspeed.__version__.split(".")[:2])
+    if (major, minor) < (0, 19):
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "zero1_bf16.json" in proc.stderr.strip().splitlines()[-1]
+    else:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert last_json(proc)["recall@20"] > 0

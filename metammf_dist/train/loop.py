@@ -116,6 +116,8 @@ class Trainer:
         self.strategy = build_strategy(cfg, self.ds.num_users, self.ds.num_items, self.store, self.graph, self.info)
         if self.strategy is not None:
             self.batches.seed_features_only = self.strategy.seed_features_only
+        if self.info.device.type == "cuda":  # the prefetch thread (train.num_workers > 0) copies batches ahead
+            self.batches.device = self.info.device
 
     # -- public -----------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -251,7 +253,7 @@ class Trainer:
         if self.id_tables is not None:  # before the backward: sharded tables update inside it
             self.id_tables.set_lr(scheduled_lr(t, step, per_epoch, base_lr=t.id_lr))
         attach_features(batch, self.store, self.batches.seed_features_only)  # no-op when prefetched
-        batch = batch.to(self.info.device, non_blocking=True)
+        batch = batch.wait_ready().to(self.info.device, non_blocking=True)
         rows = {} if strategy is None else strategy.prepare(batch, step, self._full_model)
         loss, fresh = self.engine(batch, **rows)
         self._check_finite(loss, epoch, batch.step)
@@ -302,6 +304,8 @@ class Trainer:
         strategy = self.strategy
         refreshes = {"refreshes": strategy.refreshes if strategy else 0,
                      "refresh_seconds": strategy.refresh_seconds if strategy else 0.0}
+        if self.info.device.type == "cuda":  # this rank's peak of torch's allocated device memory
+            refreshes["peak_device_bytes"] = int(torch.cuda.max_memory_allocated(self.info.device))
         return {**self.usage, **refreshes, "world_size": self.info.world_size, "peak_rss_bytes_per_rank": peaks,
                 "num_items": self.ds.num_items, "num_users": self.ds.num_users,
                 "eval_users_max": self.cfg.eval.max_users, "refresh_every": self.cfg.train.fusion_cache_refresh}
