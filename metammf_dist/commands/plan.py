@@ -183,6 +183,9 @@ def run(args) -> int:
         "largest_interactions": fit.num_interactions if fit else 0,
         "fits": plan.peak(where) <= budget,
         "must_shard": [] if plan.peak(where) <= budget else shard_advice(plan, budget),
+        "smallest_world_size": mem.smallest_world_size(cfg, workload, budget, stage, offload, args.device,
+                                                       where=where, baseline_bytes=baseline, ds_config=ds_config,
+                                                       allocator=args.allocator),
     }
     if args.measure_steps > 0:
         measured = measure_training_peak(args.config, _measure_overrides(args), args.world_size, args.measure_steps,
@@ -217,7 +220,24 @@ def run(args) -> int:
     if "measured_peak_bytes" in result:
         print(f"measured peak RSS per rank ({args.measure_steps} steps + evaluation): "
               f"{_size(result['measured_peak_bytes'])}; plan {result['plan_error']:+.1%}")
+    smallest = result["smallest_world_size"]
+    print(f"smallest world size within {_size(budget)} per rank{' (device memory)' if where else ''}: "
+          f"{smallest if smallest else 'none up to 65,536 ranks'}")
+    print(json.dumps(summary_line(plan, result, where)))
     return 0
+
+
+def summary_line(plan: mem.Plan, result: dict, where) -> dict:
+    """The one JSON line ``plan`` ends with: the verdict, the peaks and every component's GiB (its largest phase)."""
+    components = {}
+    for c in plan.components:
+        key = f"{c.name} [{c.where}]"
+        components[key] = max(components.get(key, 0.0), round(c.bytes / GIB, 4))
+    return {"fits": result["fits"], "peak_gib_per_rank": round(plan.peak(where) / GIB, 3),
+            "device_peak_gib_per_rank": round(plan.peak("device") / GIB, 3),
+            "host_peak_gib_per_rank": round(plan.peak("host") / GIB, 3), "budget_gib": round(result["budget_bytes"] / GIB, 3),
+            "largest_items_that_fit": result["largest_items"], "smallest_world_size": result["smallest_world_size"],
+            "world_size": result["world_size"], "components_gib": components}
 
 
 def _budget(args) -> float:

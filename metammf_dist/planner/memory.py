@@ -500,7 +500,7 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
             note=f"{len(t.fanouts)} x to_block(all nodes)")
         add("to_block of the whole graph", TO_BLOCK_TRANSIENT_PER_EDGE * e_tr, "setup")
     add("epoch permutation + negatives", (EPOCH_BYTES_PER_EDGE * (1 + t.num_negatives)) * e_tr, "persistent")
-    if with_eval and gcn:
+    if with_eval and gcn and t.id_tables != "sharded":
         add("train graph CSC (full-graph inference)", CSC_BYTES_PER_EDGE * e_tr + CSC_BYTES_PER_NODE * nodes,
             "persistent", dev, "created by the first evaluation")
         if dev == "device":
@@ -591,12 +591,15 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     fused = blocks.output_items if cached else items_in
     if cached:
         fdim = float(m.fusion_dims[-1])
-        add("fusion cache", FLOAT * workload.num_items * fdim, "persistent", dev,
-            f"{workload.num_items:,} items x {m.fusion_dims[-1]}")
-        add("fusion cache lookup", FLOAT * (items_in - fused) * fdim, "backward", dev, "neighbour rows of a step")
-        chunk = min(float(cfg.eval.item_chunk), float(workload.num_items))
+        own_items = float(workload.num_items) / (n if sharded_ids else 1)  # sharded: cut like the item table
+        add("fusion cache", FLOAT * own_items * fdim, "persistent", dev,
+            f"{own_items:,.0f} items x {m.fusion_dims[-1]}" + (f" (1/{n}, sharded)" if sharded_ids else ""))
+        add("fusion cache lookup", FLOAT * (items_in - fused) * fdim * (2 if sharded_ids else 1), "backward", dev,
+            "neighbour rows of a step" + (" (+ the all-to-all copy)" if sharded_ids else ""))
+        chunk = min(float(cfg.eval.item_chunk), own_items)
         add("fusion cache refresh (one chunk, no grad)", FLOAT * chunk * (fusion["saved"] + fusion["largest"])
-            + FLOAT * workload.num_items * fdim, "refresh", dev, "chunked fusion + the all-reduced copy")
+            + FLOAT * own_items * fdim, "refresh", dev,
+            "chunked fusion + the new rows" if sharded_ids else "chunked fusion + the all-reduced copy")
     if history:
         d, hist_layers = float(m.user_id_dim), float(m.gcn_layers - 1)
         neighbours = users_in + items_in - blocks.output_users - blocks.output_items
@@ -628,7 +631,32 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         "its gradient / the next layer's scratch")
 
     # ---- evaluation ------------------------------------------------------------------------------------
-    if with_eval:
+    if with_eval and sharded_ids:  # each rank: the vectors of its own users and items; items cut for ranking
+        d = m.user_id_dim
+        u, i = float(workload.num_users) / n, float(workload.num_items) / n
+        own = FLOAT * d * (u + i)
+        chunk = min(float(cfg.eval.item_chunk), i)
+        fusion_chunk = FLOAT * chunk * (fusion["saved"] + fusion["largest"])
+        if gcn:  # layer outputs of the own nodes, and the neighbours' rows fetched for a layer (<= its in-edges)
+            neighbours = FLOAT * d * min(nodes, 2 * e_tr / n)
+            work = 3 * own + neighbours + fusion_chunk
+            add("inference: own block's edges", 4 * INDEX * 2 * e_tr / n, "inference", note="range_block, host")
+        else:
+            work = own + fusion_chunk
+        users_chunk = min(float(cfg.eval.user_chunk), float(workload.num_users))
+        kmax = float(max(cfg.eval.ks))
+        e_ev = float(workload.eval_interactions)
+        add("inference: own vectors + GCN layer (sharded)", work, "inference", dev,
+            f"{u + i:,.0f} own nodes x {d}")
+        add("inference: building the CSRs", SPLIT_CSR_TRANSIENT_PER_EDGE * e_tr, "inference")
+        add("ranking: own item vectors + a user chunk", FLOAT * d * (i + users_chunk), "ranking", dev)
+        add("ranking: exclusion/truth CSRs", INDEX * (e_tr + e_ev) + 2 * INDEX * float(workload.num_users),
+            "ranking")
+        add("ranking: score chunks (own items)", SCORE_CHUNKS_ALIVE * FLOAT * users_chunk * i, "ranking", dev,
+            f"{SCORE_CHUNKS_ALIVE} x {users_chunk:,.0f} users x {i:,.0f} own items")
+        add("ranking: top-K candidates of every rank", 2 * 12 * n * users_chunk * kmax, "ranking", dev,
+            f"{n} x {users_chunk:,.0f} x {kmax:.0f} (score, id)")
+    elif with_eval:
         d = m.user_id_dim
         u, i = float(workload.num_users), float(workload.num_items)
         vec = FLOAT * d * (u + i)
@@ -687,6 +715,29 @@ def largest_catalog(cfg: Config, workload: Workload, budget_bytes: float, world_
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return workload.scaled(lo)
+
+
+def smallest_world_size(cfg: Config, workload: Workload, budget_bytes: float, zero_stage: int = 0,
+                        offload: bool = False, device: str = "cpu", where: Optional[str] = None,
+                        max_world_size: int = 1 << 16, **plan_kwargs) -> Optional[int]:
+    """The fewest ranks whose per-rank peak fits ``budget_bytes`` (None if even ``max_world_size`` does not):
+    doubling, then bisection between the last world size that did not fit and the first that did."""
+
+    def fits(n: int) -> bool:
+        batch = max(cfg.train.batch_size, n)  # every rank needs at least one pair per step
+        plan_cfg = replace(cfg, train=replace(cfg.train, batch_size=batch))
+        return plan_memory(plan_cfg, workload, n, zero_stage, offload, device, **plan_kwargs).peak(where) <= budget_bytes
+
+    hi = 1
+    while not fits(hi):
+        if hi >= max_world_size:
+            return None
+        hi = min(hi * 2, max_world_size)
+    lo = hi // 2  # does not fit (or 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
 
 
 def measure_runtime_baseline() -> int:

@@ -84,7 +84,7 @@ def sharded_vectors(model, store, graph, num_users: int, num_items: int, rank: i
         h = {"user": model.user_emb.local_weight().to(device),
              "item": torch.cat([fused.to(item_rows.dtype), item_rows.to(device)], dim=1)}
         if getattr(model, "gcn", None) is not None:
-            block = graph.to(device).range_block(users, items)
+            block = graph.range_block(users, items).to(device)  # the own nodes' in-edges only on the device
             lo = {"user": users[0], "item": items[0]}
             scale = model.inv_sqrt_degree(block.src_nids["user"], block.src_nids["item"])
             outputs = [h]
