@@ -30,6 +30,7 @@ LATEST_TESTS=(
   tests/test_reliability.py
   tests/test_layout.py
   tests/test_precision.py
+  tests/test_shared_graph.py
 )
 rc=0
 .venv-latest/bin/python -m pytest -q -m "not slow" "${LATEST_TESTS[@]}" "$@" || rc=$?

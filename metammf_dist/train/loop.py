@@ -30,26 +30,19 @@ from metammf_dist.data.dataset import Dataset
 from metammf_dist.data.feature_stats import feature_moments
 from metammf_dist.data.item_knn import feature_knn
 from metammf_dist.distributed.collectives import fetch_owned_rows
-from metammf_dist.distributed.deepspeed_engine import (
-    build_engine,
-    gathered_model,
-    load_ds_config,
-)
+from metammf_dist.distributed.deepspeed_engine import build_engine, gathered_model, load_ds_config
 from metammf_dist.distributed.id_tables import FILE_NAME as ID_TABLES_FILE
 from metammf_dist.distributed.id_tables import SparseIdTables
-from metammf_dist.distributed.process_group import (
-    DistInfo,
-    broadcast_object,
-    init_distributed,
-    log_main,
-)
+from metammf_dist.distributed.process_group import DistInfo, barrier, broadcast_object, init_distributed, log_main
 from metammf_dist.distributed.sharded_ids import FILE_PREFIX as SHARD_PREFIX
 from metammf_dist.distributed.sharded_ids import ShardedIdTables
 from metammf_dist.errors import TrainingError
 from metammf_dist.evaluation.ranking import evaluate_full_ranking, evaluate_item_sharded
+from metammf_dist.graph.shared import graph_key, node_shared_graph
+from metammf_dist.graph.shared import release as release_graph
 from metammf_dist.graph.train_graph import build_train_graph
 from metammf_dist.model.registry import build_model
-from metammf_dist.procmem import peak_rss_bytes
+from metammf_dist.procmem import peak_rss_bytes, pss_bytes
 from metammf_dist.sampler import batch_kind, make_batches
 from metammf_dist.sampler.features import attach_features
 from metammf_dist.strategies import build_strategy
@@ -94,8 +87,14 @@ class Trainer:
             raise TrainingError(refusal)
         self.store = self.ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
         train_u, train_i = self.ds.interactions("train")
-        self.graph = build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items,
-                                       backend=cfg.train.graph_backend)
+        self.graph_key = None
+        build = lambda: build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items,  # noqa: E731
+                                          backend=cfg.train.graph_backend)
+        if cfg.train.graph_backend == "torch" and self.info.distributed:  # one copy per machine, memory-mapped
+            self.graph_key = graph_key(cfg.data.path, self.ds.meta, len(train_u))
+            self.graph = node_shared_graph(build, self.graph_key, self.info.local_rank, lambda: barrier(self.info))
+        else:
+            self.graph = build()
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = model_from_data(cfg, self.ds, self.store, train_u, train_i)
         self.id_tables = build_id_tables(cfg, self.model, self.info)  # before the engine: DeepSpeed must not see them
@@ -148,6 +147,9 @@ class Trainer:
         self.run.write_final(test)
         self.run.write_usage(self._usage())
         self.run.close()
+        if self.graph_key is not None:  # every rank is past its last use of the graph (the usage collective)
+            barrier(self.info)
+            release_graph(self.graph_key, self.info.local_rank)
         return test
 
     def evaluate(self, split: str) -> dict:
@@ -296,17 +298,19 @@ class Trainer:
 
     def _usage(self) -> dict:
         """This run's time split and every rank's peak RSS (collective)."""
-        peak = peak_rss_bytes()
-        peaks = [peak]
+        mine = (peak_rss_bytes(), pss_bytes())
+        both = [mine]
         if self.info.distributed and self.info.world_size > 1:
-            peaks = [None] * self.info.world_size
-            tdist.all_gather_object(peaks, peak)
+            both = [None] * self.info.world_size
+            tdist.all_gather_object(both, mine)
+        peaks, pss = [b[0] for b in both], [b[1] for b in both]
         strategy = self.strategy
         refreshes = {"refreshes": strategy.refreshes if strategy else 0,
                      "refresh_seconds": strategy.refresh_seconds if strategy else 0.0}
         if self.info.device.type == "cuda":  # this rank's peak of torch's allocated device memory
             refreshes["peak_device_bytes"] = int(torch.cuda.max_memory_allocated(self.info.device))
         return {**self.usage, **refreshes, "world_size": self.info.world_size, "peak_rss_bytes_per_rank": peaks,
+                "pss_bytes_per_rank_at_end": pss, "graph_shared_per_node": self.graph_key is not None,
                 "num_items": self.ds.num_items, "num_users": self.ds.num_users,
                 "eval_users_max": self.cfg.eval.max_users, "refresh_every": self.cfg.train.fusion_cache_refresh}
 
