@@ -219,3 +219,8 @@ def _optimizer_state(table: ShardedRows) -> Dict[str, torch.Tensor]:
         short = key.split(".")[-1]
         out[short] = _local_shard(value) if hasattr(value, "local_shards") else value
     return out
+
+
+def optimizer_state_tensors(table: ShardedRows) -> List[torch.Tensor]:
+    """This rank's optimizer-state tensors of ``table`` (for memory accounting)."""
+    return list(_optimizer_state(table).values())

@@ -35,7 +35,7 @@ from metammf_dist.distributed.id_tables import FILE_NAME as ID_TABLES_FILE
 from metammf_dist.distributed.id_tables import SparseIdTables
 from metammf_dist.distributed.process_group import DistInfo, barrier, broadcast_object, init_distributed, log_main
 from metammf_dist.distributed.sharded_ids import FILE_PREFIX as SHARD_PREFIX
-from metammf_dist.distributed.sharded_ids import ShardedIdTables
+from metammf_dist.distributed.sharded_ids import ShardedIdTables, optimizer_state_tensors
 from metammf_dist.errors import TrainingError
 from metammf_dist.evaluation.ranking import evaluate_full_ranking, evaluate_item_sharded
 from metammf_dist.graph.shared import graph_key, node_shared_graph
@@ -309,10 +309,39 @@ class Trainer:
                      "refresh_seconds": strategy.refresh_seconds if strategy else 0.0}
         if self.info.device.type == "cuda":  # this rank's peak of torch's allocated device memory
             refreshes["peak_device_bytes"] = int(torch.cuda.max_memory_allocated(self.info.device))
+        catalog = [self.catalog_state_bytes()]
+        if self.info.distributed and self.info.world_size > 1:
+            catalog = [None] * self.info.world_size
+            tdist.all_gather_object(catalog, self.catalog_state_bytes())
         return {**self.usage, **refreshes, "world_size": self.info.world_size, "peak_rss_bytes_per_rank": peaks,
                 "pss_bytes_per_rank_at_end": pss, "graph_shared_per_node": self.graph_key is not None,
+                "catalog_state_bytes_per_rank": catalog,
                 "num_items": self.ds.num_items, "num_users": self.ds.num_users,
                 "eval_users_max": self.cfg.eval.max_users, "refresh_every": self.cfg.train.fusion_cache_refresh}
+
+    def catalog_state_bytes(self) -> int:
+        """Bytes of catalog-sized state this rank holds: the ID tables with their optimizer state, and a
+        strategy's tables (fusion cache, layer histories).  Dense tables inside the engine count as weights +
+        gradient + Adam m, v (before ZeRO's partitioning)."""
+        def size(tensors) -> int:
+            return sum(int(x.numel()) * x.element_size() for x in tensors if x is not None)
+
+        total = 0
+        if isinstance(self.id_tables, ShardedIdTables):
+            for name, table in self.id_tables.tables.items():
+                total += size([table.local_weight(), *optimizer_state_tensors(table)])
+        elif self.id_tables is not None:
+            total += size(e.weight for e in self.id_tables.tables.values())
+            total += size(x for tensors in self.id_tables.state.values() for x in tensors.values())
+        else:
+            total += 4 * size([self.model.user_emb.weight, self.model.item_emb.weight])
+        strategy = self.strategy
+        cache = getattr(strategy, "cache", strategy)  # layer histories hold a fusion cache
+        if cache is not None and getattr(cache, "fused", None) is not None:
+            total += size([cache.fused])
+        for table in getattr(strategy, "tables", None) or []:
+            total += size(table.values())
+        return total
 
     def _load_extras(self, tag: str) -> None:
         if isinstance(self.id_tables, ShardedIdTables):  # whatever world size wrote them: each rank takes its rows
