@@ -57,6 +57,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allocator", default="glibc", choices=("glibc", "live"),
                         help="glibc: the default malloc (adds the heap it retains); live: RSS tracks live bytes "
                              "(MALLOC_MMAP_THRESHOLD_=65536 or jemalloc)")
+    parser.add_argument("--ranks-per-node", type=int, default=None,
+                        help="ranks sharing a machine's memory-mapped train graph (default: all on CPU, 8 on GPUs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
@@ -164,7 +166,8 @@ def run(args) -> int:
     if args.probe_steps > 0:
         blocks = mem.probe_blocks(cfg, args.probe_steps, args.world_size)
     plan = mem.plan_memory(cfg, workload, args.world_size, stage, offload, args.device, blocks=blocks,
-                           baseline_bytes=baseline, ds_config=ds_config, allocator=args.allocator)
+                           baseline_bytes=baseline, ds_config=ds_config, allocator=args.allocator,
+                           ranks_per_node=args.ranks_per_node)
     where = "device" if args.device != "cpu" else None
     budget = _budget(args)
     fit = mem.largest_catalog(cfg, workload, budget, args.world_size, stage, offload, args.device, where=where,
@@ -207,6 +210,9 @@ def run(args) -> int:
           f"training alone {_size(plan.train_peak())}")
     if args.device != "cpu":
         print(f"  device {_size(plan.peak('device'))}, host {_size(plan.peak('host'))} per rank")
+    per_node = _ranks_per_node(args)
+    print(f"  host per machine ({per_node} rank(s) on it, the train graph mapped once): "
+          f"{_size(per_node * plan.peak('host'))}")
     if fit is None:
         print(f"largest catalog within {_size(budget)} per rank: none (the runtime and the model alone exceed it)")
     else:
@@ -223,8 +229,14 @@ def run(args) -> int:
     smallest = result["smallest_world_size"]
     print(f"smallest world size within {_size(budget)} per rank{' (device memory)' if where else ''}: "
           f"{smallest if smallest else 'none up to 65,536 ranks'}")
-    print(json.dumps(summary_line(plan, result, where)))
+    line = summary_line(plan, result, where)
+    line["host_gib_per_node"] = round(_ranks_per_node(args) * plan.peak("host") / GIB, 3)
+    print(json.dumps(line))
     return 0
+
+
+def _ranks_per_node(args) -> int:
+    return args.ranks_per_node or (args.world_size if args.device == "cpu" else min(args.world_size, 8))
 
 
 def summary_line(plan: mem.Plan, result: dict, where) -> dict:

@@ -448,8 +448,13 @@ def offload_of(ds_config: dict) -> bool:
 def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage: int = 0, offload: bool = False,
                 device: str = "cpu", blocks: Optional[BlockSizes] = None,
                 baseline_bytes: float = RUNTIME_BASELINE_BYTES,
-                ds_config: Optional[dict] = None, with_eval: bool = True, allocator: str = "glibc") -> Plan:
+                ds_config: Optional[dict] = None, with_eval: bool = True, allocator: str = "glibc",
+                ranks_per_node: Optional[int] = None) -> Plan:
     """Per-rank memory of training ``cfg`` on ``workload`` with ``world_size`` ranks at ZeRO ``zero_stage``.
+
+    ``ranks_per_node`` (default: every rank on one machine for CPU runs, 8 per machine on GPUs): with the torch
+    graph backend and several ranks the train graph is one memory-mapped copy per machine (``graph/shared.py``),
+    counted here as 1/ranks_per_node of it per rank.
 
     ``allocator``: "glibc" (the default malloc: adds the heap it retains) or "live" (RSS tracks live bytes,
     e.g. ``MALLOC_MMAP_THRESHOLD_=65536`` or jemalloc)."""
@@ -478,8 +483,14 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     add("engine init + first-step state", ENGINE_INIT_BYTES, "persistent", note="calibrated")
     e_all, e_tr = float(workload.num_interactions), float(workload.train_interactions)
     nodes = float(workload.num_users + workload.num_items)
-    add("interactions table", INTERACTION_TABLE_BYTES * e_all + TRAIN_COPY_BYTES * e_tr, "persistent",
+    if ranks_per_node is None:
+        ranks_per_node = world_size if device == "cpu" else min(world_size, 8)
+    node_shared = t.graph_backend == "torch" and world_size > 1
+    graph_share = 1.0 / max(1, min(ranks_per_node, world_size)) if node_shared else 1.0
+    shared_note = f"one copy per machine: 1/{max(1, min(ranks_per_node, world_size))} per rank" if node_shared else ""
+    add("interactions table", INTERACTION_TABLE_BYTES * e_all, "persistent",
         note=f"{e_all:,.0f} interactions, every rank")
+    add("train graph edges", TRAIN_COPY_BYTES * e_tr * graph_share, "persistent", note=shared_note)
     batch_per_rank = max(1, t.batch_size // n)
     full = t.sampler == "full"
     gcn = m.scorer == "gcn"
@@ -491,7 +502,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         else:
             blocks = edge_blocks(workload, batch_per_rank, t.num_negatives)
     if gcn and not full:
-        add("neighbour sampler (CSC by dst)", SAMPLER_BYTES_PER_EDGE * e_tr + 2 * INDEX * nodes, "persistent")
+        add("neighbour sampler (CSC by dst)", (SAMPLER_BYTES_PER_EDGE * e_tr + 2 * INDEX * nodes) * graph_share,
+            "persistent", note=shared_note)
         # graph-sized marks kept per sampling thread and reset after each use (sampler/torch_neighbor.py)
         add("sampler scratch", e_tr + (2 * INDEX + 1) * nodes, "persistent",
             note="excluded-edge mask, node lookups (per loader thread)")
