@@ -207,16 +207,33 @@ def local_ranking_sums(
             raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {(chunk.numel(), num_items)}")
         fill_excluded(scores, exclude, chunk)
         values, items = topk_lowest_id(scores, k_eff)
-        truth_indptr, truth_items, _ = truth.gather(chunk)
-        hits = hit_matrix(items, truth_indptr, truth_items, valid=values > float("-inf"))
-        if k_eff < kmax:  # fewer items than the largest cut-off: the missing ranks are misses
-            hits = torch.cat([hits, hits.new_zeros(hits.shape[0], kmax - k_eff)], dim=1)
-        per_user = per_user_metrics(hits, truth_indptr[1:] - truth_indptr[:-1], ks)
-        fixed = torch.stack([torch.round(per_user[key] * FIXED_POINT_SCALE) for key in keys])
-        totals[:-1] += fixed.to(torch.int64).sum(1).cpu()
+        totals[:-1] += _chunk_sums(items, values, truth, chunk, ks, kmax)
         totals[-1] += chunk.numel()
-        del scores, values, items, hits  # free this chunk's scores before the next chunk allocates its own
+        del scores, values, items  # free this chunk's scores before the next chunk allocates its own
     return totals
+
+
+def _chunk_sums(items: torch.Tensor, values: torch.Tensor, truth: CSR, chunk: torch.Tensor, ks: Sequence[int],
+                kmax: int) -> torch.Tensor:
+    """int64 fixed-point metric sums of one user chunk from its ranked ``items`` (``[n, k]``, best first; slots
+    with a -inf ``value`` are not candidates), in ``metric_keys(ks)`` order."""
+    truth_indptr, truth_items, _ = truth.gather(chunk)
+    hits = hit_matrix(items.cpu(), truth_indptr, truth_items, valid=(values > float("-inf")).cpu())
+    if hits.shape[1] < kmax:  # fewer items than the largest cut-off: the missing ranks are misses
+        hits = torch.cat([hits, hits.new_zeros(hits.shape[0], kmax - hits.shape[1])], dim=1)
+    per_user = per_user_metrics(hits, truth_indptr[1:] - truth_indptr[:-1], ks)
+    fixed = torch.stack([torch.round(per_user[key] * FIXED_POINT_SCALE) for key in metric_keys(ks)])
+    return fixed.to(torch.int64).sum(1).cpu()
+
+
+def _metrics(totals: torch.Tensor, ks: Sequence[int]) -> Dict[str, float]:
+    """The averaged metrics dict from the summed fixed-point ``totals`` (+ the user count, last)."""
+    count = int(totals[-1])
+    if count == 0:
+        raise ValueError("no user to evaluate: none of the given users has a truth item")
+    result = {key: int(s) / FIXED_POINT_SCALE / count for key, s in zip(metric_keys(ks), totals[:-1].tolist())}
+    result["num_users"] = count
+    return result
 
 
 def _resolve_group(group):
@@ -256,12 +273,7 @@ def evaluate_scores(
     totals = local_ranking_sums(score_fn, num_items, exclude, truth, users, ks, user_chunk, rank, world_size)
     if world_size > 1 or group is not None:
         totals = _all_reduce_sum(totals, group)
-    count = int(totals[-1])
-    if count == 0:
-        raise ValueError("no user to evaluate: none of the given users has a truth item")
-    result = {key: int(s) / FIXED_POINT_SCALE / count for key, s in zip(metric_keys(ks), totals[:-1].tolist())}
-    result["num_users"] = count
-    return result
+    return _metrics(totals, ks)
 
 
 def evaluate_full_ranking(
@@ -348,17 +360,6 @@ def evaluate_item_sharded(
             values, items = values.gather(1, by_id), items.gather(1, by_id)
             by_score = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k_eff]
             values, items = values.gather(1, by_score), items.gather(1, by_score)
-        truth_indptr, truth_items, _ = truth.gather(chunk)
-        hits = hit_matrix(items.cpu(), truth_indptr, truth_items, valid=(values > float("-inf")).cpu())
-        if k_eff < kmax:
-            hits = torch.cat([hits, hits.new_zeros(hits.shape[0], kmax - k_eff)], dim=1)
-        per_user = per_user_metrics(hits, truth_indptr[1:] - truth_indptr[:-1], ks)
-        fixed = torch.stack([torch.round(per_user[key] * FIXED_POINT_SCALE) for key in keys])
-        totals[:-1] += fixed.to(torch.int64).sum(1).cpu()
+        totals[:-1] += _chunk_sums(items, values, truth, chunk, ks, kmax)
         totals[-1] += chunk.numel()
-    count = int(totals[-1])
-    if count == 0:
-        raise ValueError("no user to evaluate: none of the given users has a truth item")
-    result = {key: int(s) / FIXED_POINT_SCALE / count for key, s in zip(keys, totals[:-1].tolist())}
-    result["num_users"] = count
-    return result
+    return _metrics(totals, ks)
