@@ -148,3 +148,26 @@ def test_rowwise_adagrad_matches_its_formula():
             expected[r] -= 0.1 * g[k] / (acc[r].sqrt() + EPS)
     torch.testing.assert_close(w, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(momentum, acc, rtol=0, atol=1e-12)
+
+
+@needs_torchrec
+@pytest.mark.multiproc
+def test_bench_shard_reports_its_ratios(tmp_path):
+    """``bench shard`` at a tiny size, 1 and 2 ranks: the figures it is run for, checked against what they must
+    be (a half share of the catalog state per rank at 2 ranks, the same losses in both modes)."""
+    import json
+    import subprocess
+
+    from helpers import PY, REPO, run_env
+
+    cmd = [PY, "-m", "metammf_dist", "bench", "shard", "--users", "3000", "--items", "2000", "--interactions",
+           "30000", "--feat-dim", "16", "--steps", "3", "--world-sizes", "1,2", "--eval-users", "200",
+           "--workdir", str(tmp_path), "model.fusion_dims=[16,8]", "model.item_id_dim=8", "model.user_id_dim=16",
+           "train.batch_size=1024"]
+    proc = subprocess.run(cmd, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["max_loss_diff"] <= 1e-6
+    # the sharded tables and cache: ceil(rows / 2) of each per rank; replicated: everything on every rank
+    assert out["replicated_state_ratio_2v1"] == 1.0 and 0.49 < out["state_ratio_2v1"] <= 0.51
+    assert out["step_ratio_2"] > 0 and len(out["points"]) == 4
