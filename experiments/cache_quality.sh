@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7: test Recall@20 with and without the fusion cache, same seed and data (100k-item synthetic catalog,
+# Test Recall@20 with and without the fusion cache, same seed and data (100k-item synthetic catalog,
 # one epoch, every test user ranked).  bash experiments/cache_quality.sh [K] [ITEMS] [key=value ...]   (~8 min on 2 cores)
 # Extra key=value overrides apply to the cached run only, e.g. train.gcn_history=true (layer histories);
 # REUSE_NOCACHE=1 keeps an earlier no-cache run of the same catalog instead of training it again.
