@@ -14,7 +14,7 @@ export TORCH_EXTENSIONS_DIR="$PWD/.torch_extensions" OMP_NUM_THREADS=1
 out=runs/seeds; mkdir -p "$out"
 for ((k = 0; k < ${#seeds[@]}; k += 2)); do
   for seed in "${seeds[@]:k:2}"; do
-    .venv/bin/python -m metammf_dist train configs/tiktok.yaml "train.seed=$seed" "run_dir=$out/$name-s$seed" "$@" \
+    .venv/bin/python -m metammf_dist train configs/tiktok.yaml "train.seed=$seed" "run_dir=$out/$name-s$seed" "$@" --overwrite \
       > "$out/$name-s$seed.log" 2>&1 &
   done
   wait
