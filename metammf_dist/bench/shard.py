@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import json
-import statistics
 import subprocess
 import time
 from pathlib import Path

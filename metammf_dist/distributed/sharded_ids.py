@@ -58,10 +58,11 @@ class ShardedRows(nn.Module):
     """One ID table, row-sharded across the ranks: ``forward(ids) -> rows`` (a collective: every rank calls
     it the same number of times).  Rows keep their gradient path to the owners' fused optimizer."""
 
-    def __init__(self, name: str, collection, num_embeddings: int, embedding_dim: int, lo: int, hi: int):
+    def __init__(self, name: str, collection, num_embeddings: int, embedding_dim: int, lo: int, hi: int,
+                 device: torch.device = torch.device("cpu")):
         super().__init__()
         self.name, self.num_embeddings, self.embedding_dim = name, int(num_embeddings), int(embedding_dim)
-        self.lo, self.hi = int(lo), int(hi)
+        self.lo, self.hi, self.device = int(lo), int(hi), torch.device(device)
         object.__setattr__(self, "collection", collection)  # not a submodule: DeepSpeed and replicas leave it be
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,9 @@ class ShardedRows(nn.Module):
         empty = ids.numel() == 0
         if empty:  # TorchRec cannot look up nothing: look up row 0, return none (its gradient is zero)
             ids = torch.zeros(1, dtype=torch.int64)
-        kjt = KeyedJaggedTensor(keys=[self.name], values=ids.cpu(), lengths=torch.ones(ids.numel(), dtype=torch.int64))
+        ids = ids.to(self.device)
+        kjt = KeyedJaggedTensor(keys=[self.name], values=ids,
+                                lengths=torch.ones(ids.numel(), dtype=torch.int64, device=self.device))
         rows = self.collection(kjt)[self.name].values()
         return rows[:0] if empty else rows
 
@@ -124,7 +127,7 @@ class ShardedIdTables:
                                                   device_type=info.device.type)
             collection = shard(collection, plan, env=env, device=info.device, sharder=sharder)
             lo, hi = row_range(rows, info.rank, world)
-            table = ShardedRows(name, collection, rows, dim, lo, hi)
+            table = ShardedRows(name, collection, rows, dim, lo, hi, device=info.device)
             local = table.local_weight()
             if tuple(local.shape) != (hi - lo, dim):
                 raise RuntimeError(f"{name}: TorchRec gave rank {info.rank} rows of shape {tuple(local.shape)}, "
@@ -138,8 +141,10 @@ class ShardedIdTables:
         """The fused optimizer's learning rate for the next backward (``train.lr_schedule``)."""
         self.lr = float(lr)
         for table in self.tables.values():
-            for group in table.collection.fused_optimizer.param_groups:
+            fused = table.collection.fused_optimizer
+            for group in fused.param_groups:
                 group["lr"] = self.lr
+            fused.step()  # TorchRec hands the group's lr to the kernel here (the update itself runs in backward)
 
     def step(self) -> None:
         """Nothing to do: the fused optimizer updated the owned rows inside the backward."""
