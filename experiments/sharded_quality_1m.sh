@@ -42,6 +42,7 @@ for mode in ("sparse", "sharded"):
                  "train_seconds": round(usage["train_seconds"]),
                  "peak_rss_gib_per_rank": [round(b / 2**30, 2) for b in usage["peak_rss_bytes_per_rank"]]}
     print(json.dumps({"mode": mode, **res[mode]}))
-print(json.dumps({"sharded_vs_sparse_recall@20": round(res["sharded"]["recall@20"] / res["sparse"]["recall@20"] - 1, 4),
+base = res["sparse"]["recall@20"]
+print(json.dumps({"sharded_vs_sparse_recall@20": round(res["sharded"]["recall@20"] / base - 1, 4) if base else None,
                   "sparse_optimizer": "lazy adam", "sharded_optimizer": "rowwise adagrad"}))
 PYEOF
