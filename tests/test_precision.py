@@ -4,10 +4,12 @@
   fp32, and the features are standardised in fp32 (checked against an fp32 reference);
 * a 2-rank ZeRO-2 bf16 run resumed mid-epoch ends exactly like a straight run, and ``evaluate`` of its checkpoint
   (bf16 parameters, fp32 buffers, as the run computed) gives the run's test metrics;
+* with ID tables outside the engine (sparse with layer histories, sharded) bf16 runs, and ``evaluate`` agrees;
 * ``train.tf32`` sets torch's TF32 switches; a DeepSpeed JSON with fp16 is one line.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -50,6 +52,25 @@ def test_bf16_zero2_two_ranks_resume_exactly_and_evaluate_like_the_run(synth_ds,
     assert close(last_json(run_cli("evaluate", str(straight_run))), straight, 1e-6)
     fp32 = last_json(train(synth_ds, tmp_path / "fp32", nproc=2, stage=2, epochs=1))
     assert not close(fp32, straight, 1e-6)  # bf16 did change the computation
+
+
+HAVE_TORCHREC = importlib.util.find_spec("torchrec") is not None and importlib.util.find_spec("fbgemm_gpu") is not None
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("tables", [
+    pytest.param(["train.id_tables=sparse", "train.fusion_cache_refresh=3", "train.gcn_history=true"],
+                 id="sparse-layer-histories"),
+    pytest.param(["train.id_tables=sharded", "model.id_init=blocks", "train.id_optimizer=rowwise_adagrad",
+                  "model.item_knn=0"], id="sharded",
+                 marks=pytest.mark.skipif(not HAVE_TORCHREC, reason="TorchRec runs in the latest lane only")),
+])
+def test_bf16_with_id_tables_outside_the_engine_evaluates_like_the_run(synth_ds, tmp_path, tables):
+    """The fp32 rows of tables outside the engine enter bf16 layers cast (the layer histories' refresh and the
+    sharded evaluation read the tables directly), and the run's test metrics equal ``evaluate`` of its checkpoint."""
+    run = tmp_path / "run"
+    out = last_json(train(synth_ds, run, *BF16, *tables, "model.gcn_type=sage", nproc=2, stage=2, epochs=1))
+    assert close(last_json(run_cli("evaluate", str(run))), out, 1e-6), out
 
 
 def test_tf32_switch():

@@ -18,6 +18,8 @@ import importlib.util
 import pytest
 import torch
 
+from metammf_dist.data.synth import SynthSpec, generate
+
 from helpers import close, last_json, run_cli, straight_and_resumed, train
 
 HAVE_TORCHREC = importlib.util.find_spec("torchrec") is not None and importlib.util.find_spec("fbgemm_gpu") is not None
@@ -67,6 +69,16 @@ def test_a_checkpoint_from_four_ranks_resumes_on_two_and_evaluates_in_one(synth_
     two = last_json(train(synth_ds, run, *SHARDED, "train.id_tables=sharded", "--resume", nproc=2, epochs=1))
     one = last_json(run_cli("evaluate", str(run)))
     assert close(two, four, 0.0) and close(one, four, 1e-6), (four, two, one)
+    # resumed on another catalog (same feature widths, 50 more items): one line naming the checkpoint and a tensor
+    other = tmp_path / "other"
+    generate(SynthSpec(num_users=300, num_items=250, num_interactions=5000, modalities={"image": 16, "text": 8},
+                       seed=3), str(other))
+    proc = train(other, run, *SHARDED, "train.id_tables=sharded", "--resume", nproc=2, epochs=1, check=False)
+    # every rank exits 2 with one line (torchrun then prints its own report and exits 1); no traceback of ours
+    assert proc.returncode != 0 and "exitcode  : 2" in proc.stderr and "metammf_dist/" not in proc.stderr
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("metammf-dist train: error:"))
+    assert f"checkpoint {run / 'checkpoints'}" in line and "does not match this run's dataset" in line, line
+    assert "torch.Size([200])" in line and "torch.Size([250])" in line, line
 
 
 @needs_torchrec

@@ -44,10 +44,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
 
 
-def _env(world: int) -> dict:
+def _env() -> dict:
+    from metammf_dist.bench import MEMORY_ENV
     from metammf_dist.distributed.process_group import child_env
 
-    return child_env(threads=1, MALLOC_MMAP_THRESHOLD_="65536", TQDM_DISABLE="1")
+    return child_env(threads=1, TQDM_DISABLE="1", **MEMORY_ENV)
 
 
 def run_point(data: str, workdir: Path, world: int, mode: str, args) -> Dict:
@@ -59,7 +60,7 @@ def run_point(data: str, workdir: Path, world: int, mode: str, args) -> Dict:
                  *COMMON, *MODES[mode], *args.overrides]
     cmd = train_command(["configs/scale/base.yaml", *overrides, "--overwrite"], world)
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(world), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"bench shard: {mode} on {world} rank(s) failed:\n{proc.stderr[-3000:]}")
     usage = json.loads((run_dir / "usage.json").read_text())
@@ -70,7 +71,8 @@ def run_point(data: str, workdir: Path, world: int, mode: str, args) -> Dict:
     from metammf_dist.planner import memory as mem
 
     cfg = load_config("configs/scale/base.yaml", overrides)
-    plan = mem.plan_memory(cfg, mem.Workload.from_dataset(data), world, 0, baseline_bytes=args.baseline_bytes)
+    plan = mem.plan_memory(cfg, mem.Workload.from_dataset(data), world, 0, baseline_bytes=args.baseline_bytes,
+                           allocator="live")  # the runs' MEMORY_ENV: no retained heap
     peak = max(usage["peak_rss_bytes_per_rank"])
     return {"mode": mode, "world_size": world, "wall_s": time.perf_counter() - started,
             "catalog_state_bytes_per_rank": max(usage["catalog_state_bytes_per_rank"]),

@@ -123,16 +123,20 @@ def shard_advice(plan: mem.Plan, budget: float) -> List[str]:
     per_elem = 8 if plan.zero_stage == 3 else (16 if plan.zero_stage == 0 else 8)
     what = {0: "params + grads + Adam, replicated", 1: "params + grads, replicated", 2: "params + grads, replicated",
             3: "gathered whole for its forward + its full gradient"}[plan.zero_stage]
-    if plan.params.get("id_tables") == "sparse":
-        per_elem, what = 12, "outside ZeRO: weights + lazy Adam m, v, replicated"
-    if plan.params.get("id_tables") == "sharded":
-        per_elem, what = 12 / plan.world_size, f"row-sharded: 1/{plan.world_size} of the rows per rank"
+    tables, adam = plan.params.get("id_tables"), plan.params.get("id_optimizer", "adam") == "adam"
+    state = "lazy Adam m, v" if adam else "row-wise Adagrad (one float per row)"
+    if tables == "sparse":
+        per_elem, what = (12 if adam else 4), f"outside ZeRO: weights + {state}, replicated"
+    if tables == "sharded":
+        per_elem, what = (12 if adam else 4) / plan.world_size, f"row-sharded: 1/{plan.world_size} of the rows per rank"
+    remedy = ("already row-sharded: more ranks" if tables == "sharded" else
+              "must be row-sharded (train.id_tables=sharded: each rank owns rows, a step gathers only the rows its "
+              "batch touches)")
     for name, numel in (("user ID table", cfg_counts["user_id"]), ("item ID table", cfg_counts["item_id"])):
         nbytes = per_elem * numel
         if nbytes > SHARD_FRACTION * budget:
             out.append(f"{name}: {numel:,} parameters -> {_size(nbytes)} per rank ({what}) > "
-                       f"{SHARD_FRACTION:.0%} of {_size(budget)}: must be row-sharded (each rank owns rows, a step "
-                       f"gathers only the rows its batch touches, sparse row updates)")
+                       f"{SHARD_FRACTION:.0%} of {_size(budget)}: {remedy}")
     chunk = [c for c in plan.components if c.name == "ranking: score chunks"]
     if chunk and chunk[0].bytes > SHARD_FRACTION * budget:
         per_user = chunk[0].bytes / max(1, min(plan.workload.num_users, _user_chunk(plan)))
@@ -144,9 +148,9 @@ def shard_advice(plan: mem.Plan, budget: float) -> List[str]:
         out.append(f"evaluation's full-graph pass: {_size(pass_[0].bytes)} per rank ({pass_[0].note}, every rank "
                    f"computes every vector): split the vectors and the GCN pass across ranks")
     graph = sum(c.bytes for c in plan.components if c.phase == "persistent" and
-                any(k in c.name for k in ("interactions", "sampler", "epoch", "CSC", "blocks")))
+                any(k in c.name for k in ("interactions", "graph", "sampler", "epoch", "CSC", "blocks")))
     if graph > SHARD_FRACTION * budget:
-        out.append(f"interactions + graph structures: {_size(graph)} per rank (replicated on every rank) > "
+        out.append(f"interactions + graph structures: {_size(graph)} per rank (the graph shared per machine, the rest per rank) > "
                    f"{SHARD_FRACTION:.0%} of the budget: partition the graph across ranks (e.g. DistDGL)")
     return out
 
@@ -165,13 +169,12 @@ def run(args) -> int:
     blocks = None
     if args.probe_steps > 0:
         blocks = mem.probe_blocks(cfg, args.probe_steps, args.world_size)
-    plan = mem.plan_memory(cfg, workload, args.world_size, stage, offload, args.device, blocks=blocks,
-                           baseline_bytes=baseline, ds_config=ds_config, allocator=args.allocator,
-                           ranks_per_node=args.ranks_per_node)
+    per_node = _ranks_per_node(args)  # the search for a world size keeps this many ranks per machine
+    same = dict(baseline_bytes=baseline, ds_config=ds_config, allocator=args.allocator, ranks_per_node=per_node)
+    plan = mem.plan_memory(cfg, workload, args.world_size, stage, offload, args.device, blocks=blocks, **same)
     where = "device" if args.device != "cpu" else None
     budget = _budget(args)
-    fit = mem.largest_catalog(cfg, workload, budget, args.world_size, stage, offload, args.device, where=where,
-                              baseline_bytes=baseline, ds_config=ds_config, allocator=args.allocator)
+    fit = mem.largest_catalog(cfg, workload, budget, args.world_size, stage, offload, args.device, where=where, **same)
     result = {
         "world_size": args.world_size, "zero_stage": stage, "offload": offload, "device": args.device,
         "num_users": workload.num_users, "num_items": workload.num_items,
@@ -187,8 +190,7 @@ def run(args) -> int:
         "fits": plan.peak(where) <= budget,
         "must_shard": [] if plan.peak(where) <= budget else shard_advice(plan, budget),
         "smallest_world_size": mem.smallest_world_size(cfg, workload, budget, stage, offload, args.device,
-                                                       where=where, baseline_bytes=baseline, ds_config=ds_config,
-                                                       allocator=args.allocator),
+                                                       where=where, **same),
     }
     if args.measure_steps > 0:
         measured = measure_training_peak(args.config, _measure_overrides(args), args.world_size, args.measure_steps,
@@ -210,7 +212,6 @@ def run(args) -> int:
           f"training alone {_size(plan.train_peak())}")
     if args.device != "cpu":
         print(f"  device {_size(plan.peak('device'))}, host {_size(plan.peak('host'))} per rank")
-    per_node = _ranks_per_node(args)
     print(f"  host per machine ({per_node} rank(s) on it, the train graph mapped once): "
           f"{_size(per_node * plan.peak('host'))}")
     if fit is None:
@@ -230,7 +231,7 @@ def run(args) -> int:
     print(f"smallest world size within {_size(budget)} per rank{' (device memory)' if where else ''}: "
           f"{smallest if smallest else 'none up to 65,536 ranks'}")
     line = summary_line(plan, result, where)
-    line["host_gib_per_node"] = round(_ranks_per_node(args) * plan.peak("host") / GIB, 3)
+    line["host_gib_per_node"] = round(per_node * plan.peak("host") / GIB, 3)
     print(json.dumps(line))
     return 0
 

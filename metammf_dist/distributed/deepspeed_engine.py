@@ -58,7 +58,9 @@ def build_engine(module: torch.nn.Module, cfg: Config, ds_config: dict, info: Di
     """``deepspeed.initialize`` with a client Adam; returns the engine (``engine(batch)`` -> loss)."""
     import deepspeed
 
-    bf16 = bool((ds_config.get("bf16") or {}).get("enabled"))
+    from metammf_dist.train.precision import precision_of
+
+    bf16 = precision_of(ds_config) == "bf16"
     if bf16 and zero_stage(ds_config) == 0 and _version(deepspeed.__version__) < (0, 19):
         raise ConfigError(
             f"config key 'train.ds_config': bf16 at ZeRO stage 0 does not train with DeepSpeed {deepspeed.__version__} "

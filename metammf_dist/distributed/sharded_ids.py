@@ -23,7 +23,6 @@ The tables stay outside the module DeepSpeed wraps (``model.user_emb`` / ``model
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -47,9 +46,14 @@ def torchrec_missing() -> Optional[str]:
     return None
 
 
+def row_block(num_rows: int, world_size: int) -> int:
+    """Rows per rank in TorchRec's row-wise split, ``ceil(rows / world)`` (the owner of row r is r // block)."""
+    return -(-int(num_rows) // int(world_size))
+
+
 def row_range(num_rows: int, rank: int, world_size: int) -> Tuple[int, int]:
-    """The rows ``[lo, hi)`` rank ``rank`` owns: TorchRec's row-wise split, ``ceil(rows / world)`` per rank."""
-    block = math.ceil(num_rows / world_size)
+    """The rows ``[lo, hi)`` rank ``rank`` owns (``row_block`` rows each, the last rank fewer)."""
+    block = row_block(num_rows, world_size)
     lo = min(rank * block, num_rows)
     return lo, min(lo + block, num_rows)
 
@@ -139,6 +143,8 @@ class ShardedIdTables:
 
     def set_lr(self, lr: float) -> None:
         """The fused optimizer's learning rate for the next backward (``train.lr_schedule``)."""
+        if float(lr) == self.lr:
+            return
         self.lr = float(lr)
         for table in self.tables.values():
             fused = table.collection.fused_optimizer
@@ -195,15 +201,13 @@ def assemble(shards: List[dict]) -> Dict[str, torch.Tensor]:
     """``{"user_emb.weight": ..., "item_emb.weight": ...}``: whole tables from every saved shard (one process)."""
     out = {}
     for name in NAMES:
-        parts = sorted((s["tables"][name] for s in shards), key=lambda t: t["lo"])
-        rows, covered = parts[0]["rows"], 0
-        for part in parts:
-            if part["lo"] != covered:
-                raise ValueError(f"{name}: the saved shards leave rows {covered:,}..{part['lo']:,} uncovered")
-            covered = part["hi"]
-        if covered != rows:
-            raise ValueError(f"{name}: the saved shards cover {covered:,} of {rows:,} rows")
-        out[f"{name}.weight"] = torch.cat([p["weight"] for p in parts])
+        parts = [s["tables"][name] for s in shards]
+        sizes = sorted({part["rows"] for part in parts})
+        if len(sizes) != 1:
+            raise ValueError(f"{name}: the saved shards disagree on the table size ({sizes})")
+        weight = torch.empty(sizes[0], parts[0]["weight"].shape[1], dtype=parts[0]["weight"].dtype)
+        copy_range(parts, "weight", 0, sizes[0], weight, what=name)
+        out[f"{name}.weight"] = weight
     return out
 
 

@@ -40,9 +40,11 @@ def node_folder(key: str, root: Optional[str] = None) -> Path:
     return Path(base) / f"metammf-graph-{key}"
 
 
-def graph_key(dataset_path: str, meta: dict, num_train_edges: int) -> str:
-    text = json.dumps({"path": os.path.abspath(dataset_path), "meta": meta, "edges": int(num_train_edges)},
-                      sort_keys=True, default=str)
+def graph_key(dataset_path: str, meta: dict, num_train_edges: int, run_dir: str) -> str:
+    """The node folder's name: the dataset and the run (one writer per run folder, so two runs on one dataset
+    never share, write or remove each other's copy)."""
+    text = json.dumps({"path": os.path.abspath(dataset_path), "meta": meta, "edges": int(num_train_edges),
+                       "run": os.path.abspath(run_dir)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -116,8 +116,9 @@ class MetaMMFRecommender(nn.Module):
     @property
     def param_dtype(self) -> torch.dtype:
         """The dense parameters' dtype (bf16 under a bf16 DeepSpeed engine); ID rows held outside are cast to it."""
-        for tensor in self.parameters():
-            return tensor.dtype
+        for name, tensor in self.named_parameters():
+            if name.split(".", 1)[0] not in ID_TABLES:
+                return tensor.dtype
         return torch.float32
 
     @property
@@ -126,6 +127,12 @@ class MetaMMFRecommender(nn.Module):
         for tensor in (*self.parameters(), *self.buffers()):
             return tensor.device
         return torch.device("cpu")
+
+    def as_input_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """ID rows read from tables held outside the engine (sparse / sharded, fp32) as layer-0 inputs: on the
+        dense parameters' device, in their dtype (bf16 under a bf16 engine).  Every layer-0 reader goes through
+        here: ``user_vectors``, ``item_id_rows``, the sharded evaluation and the layer histories' refresh."""
+        return rows.to(device=self.param_device, dtype=self.param_dtype)
 
     def set_feature_stats(self, mean, std) -> None:
         """Per-dim input statistics for ``feature_norm: standardize`` (x -> (x - mean) / std)."""
@@ -195,8 +202,8 @@ class MetaMMFRecommender(nn.Module):
         """The ID part of layer-0 item vectors: the ID row, plus ``knn_mean`` with ``model.item_knn_at=input``."""
         if self.cfg.item_knn > 0 and self.cfg.item_knn_at == "input":
             own, mean = self._knn_lookup(item_ids, own=True)
-            return (own + mean).to(self.param_dtype)
-        return self.item_emb(item_ids.to(self.param_device)).to(self.param_dtype)
+            return self.as_input_rows(own + mean)
+        return self.as_input_rows(self.item_emb(item_ids.to(self.param_device)))
 
     def item_graph_term(self, item_ids: torch.Tensor) -> torch.Tensor:
         """``[n, D]``: zeros over the fusion part ⊕ ``knn_mean`` (what ``model.item_knn_at=output`` adds to the
@@ -249,7 +256,7 @@ class MetaMMFRecommender(nn.Module):
         return torch.cat([fused, self.item_id_rows(item_ids.to(self.param_device))], dim=1)
 
     def user_vectors(self, user_ids: torch.Tensor) -> torch.Tensor:
-        return self.user_emb(user_ids.to(self.param_device)).to(self.param_dtype)
+        return self.as_input_rows(self.user_emb(user_ids.to(self.param_device)))
 
     # ---- scorer passes -------------------------------------------------------------------------
     def forward_blocks(

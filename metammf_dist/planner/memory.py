@@ -699,7 +699,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
             f"{RETENTION:g} x the step's tensors < 32 MiB; none with MALLOC_MMAP_THRESHOLD_=65536")
     return Plan(comps, world_size, zero_stage, offload, device, blocks, workload,
                 params={**{k: v for k, v in layout.items() if k != "counts"}, "counts": layout["counts"],
-                        "eval_user_chunk": cfg.eval.user_chunk, "id_tables": t.id_tables})
+                        "eval_user_chunk": cfg.eval.user_chunk, "id_tables": t.id_tables,
+                        "id_optimizer": t.id_optimizer})
 
 
 def largest_catalog(cfg: Config, workload: Workload, budget_bytes: float, world_size: int = 1, zero_stage: int = 0,
@@ -708,7 +709,7 @@ def largest_catalog(cfg: Config, workload: Workload, budget_bytes: float, world_
     """The largest item count (users and interactions scaled with it) whose per-rank peak fits ``budget_bytes``.
 
     ``where``: compare only host or only device bytes (e.g. GPU memory); None = everything (CPU runs).
-    ``plan_kwargs`` go to ``plan_memory`` (baseline_bytes, ds_config, allocator)."""
+    ``plan_kwargs`` go to ``plan_memory`` (baseline_bytes, ds_config, allocator, ranks_per_node)."""
 
     def fits(items: int) -> bool:
         wl = workload.scaled(items)

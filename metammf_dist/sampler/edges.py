@@ -80,12 +80,14 @@ class MiniBatch:
             self.ready = None
         return self
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> "MiniBatch":
-        """Moves every tensor field and the blocks to ``device`` in place; returns self (a no-op when already there)."""
+    def to(self, device: torch.device, non_blocking: bool = False, blocks: bool = True) -> "MiniBatch":
+        """Moves every tensor field and (``blocks``) the blocks to ``device`` in place; returns self (a no-op when
+        already there)."""
         for name, value in self.tensors().items():
             if value.device != device:
                 setattr(self, name, value.to(device, non_blocking=non_blocking))
-        self.blocks = [b if b.device == device else b.to(device) for b in self.blocks]
+        if blocks:
+            self.blocks = [b if b.device == device else b.to(device) for b in self.blocks]
         return self
 
 

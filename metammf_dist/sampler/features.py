@@ -51,8 +51,8 @@ def to_device_async(batch, device: torch.device, stream) -> None:
     for name, value in batch.tensors().items():
         if value.device.type == "cpu":
             setattr(batch, name, value.pin_memory())
-    with torch.cuda.stream(stream):
-        batch.to(device, non_blocking=True)
+    with torch.cuda.stream(stream):  # the tensor fields only: ``wait_ready`` can record them on the consumer's
+        batch.to(device, non_blocking=True, blocks=False)  # stream; the (small) blocks move there, in ``to``
         batch.ready = torch.cuda.Event()
         batch.ready.record(stream)
 

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as tdist
 
 from metammf_dist.distributed.collectives import all_gather_rows, fetch_owned_rows, last_per_id, send_rows_to_owners
-from metammf_dist.distributed.sharded_ids import copy_range, row_range
+from metammf_dist.distributed.sharded_ids import copy_range, row_block, row_range
 from metammf_dist.strategies.base import FullModel, Strategy, seed_counts
 
 
@@ -137,7 +137,7 @@ class ShardedFusionCache(FusionCache):
         super().__init__(num_items, dim, refresh_every, store, rank=rank, world_size=world_size,
                          distributed=world_size > 1, chunk=chunk, device=device)
         self.lo, self.hi = row_range(self.num_items, self.rank, self.world_size)
-        self.block = -(-self.num_items // self.world_size)
+        self.block = row_block(self.num_items, self.world_size)
 
     @torch.no_grad()
     def refresh(self, model, global_step: int) -> None:
@@ -179,6 +179,9 @@ class ShardedFusionCache(FusionCache):
         if not shards or any(s.get("fused") is None or s.get("rows") != self.num_items for s in shards):
             return False
         out = torch.empty(self.hi - self.lo, self.dim, dtype=torch.float32, device=self.device)
-        copy_range(shards, "fused", self.lo, self.hi, out, what="fusion cache")
+        try:
+            copy_range(shards, "fused", self.lo, self.hi, out, what="fusion cache")
+        except ValueError:  # the saved ranks do not cover this rank's items: refresh instead
+            return False
         self.fused, self.refreshed_at = out, int(shards[0]["refreshed_at"])
         return True

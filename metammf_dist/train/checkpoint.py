@@ -180,7 +180,14 @@ class Checkpoints:
     def load(self, engine, tag: str) -> dict:
         """Collective: restore module, optimizer and trainer state from ``tag``."""
         tag = broadcast_object(tag, self.info)
-        path, client = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True)
+        try:
+            path, client = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True)
+        except RuntimeError as exc:  # torch's load_state_dict lists every mismatch; the first names the field
+            mismatch = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+            if not mismatch:
+                raise
+            raise TrainingError(f"checkpoint {self.root / tag} does not match this run's dataset or model "
+                                f"({len(mismatch)} tensor(s) differ): {mismatch[0]}") from None
         if path is None:
             raise TrainingError(f"checkpoint {self.root / tag}: DeepSpeed could not load it")
         return client["trainer"]

@@ -70,19 +70,19 @@ def sharded_vectors(model, store, graph, num_users: int, num_items: int, rank: i
     layer the rows of the neighbours other ranks own are fetched from them (``collectives.fetch_owned_rows``),
     so the result equals ``compute_vectors``' rows of those nodes."""
     from metammf_dist.distributed.collectives import fetch_owned_rows
-    from metammf_dist.distributed.sharded_ids import row_range
+    from metammf_dist.distributed.sharded_ids import row_block, row_range
 
     was_training = model.training
     model.eval()
     try:
         users, items = row_range(num_users, rank, world_size), row_range(num_items, rank, world_size)
-        blocks = {"user": -(-num_users // world_size), "item": -(-num_items // world_size)}
+        blocks = {"user": row_block(num_users, world_size), "item": row_block(num_items, world_size)}
         item_rows = model.item_emb.local_weight()
         fused = [model.fuse(torch.from_numpy(feats).to(device))
                  for _, _, feats in store.iter_range(items[0], items[1], item_chunk)]
         fused = torch.cat(fused) if fused else item_rows.new_zeros(0, model.fusion_out_dim)
-        h = {"user": model.user_emb.local_weight().to(device),
-             "item": torch.cat([fused.to(item_rows.dtype), item_rows.to(device)], dim=1)}
+        h = {"user": model.as_input_rows(model.user_emb.local_weight()),
+             "item": torch.cat([fused.to(model.param_dtype), model.as_input_rows(item_rows)], dim=1)}
         if getattr(model, "gcn", None) is not None:
             block = graph.range_block(users, items).to(device)  # the own nodes' in-edges only on the device
             lo = {"user": users[0], "item": items[0]}

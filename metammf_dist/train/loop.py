@@ -35,7 +35,7 @@ from metammf_dist.distributed.id_tables import FILE_NAME as ID_TABLES_FILE
 from metammf_dist.distributed.id_tables import SparseIdTables
 from metammf_dist.distributed.process_group import DistInfo, barrier, broadcast_object, init_distributed, log_main
 from metammf_dist.distributed.sharded_ids import FILE_PREFIX as SHARD_PREFIX
-from metammf_dist.distributed.sharded_ids import ShardedIdTables, optimizer_state_tensors
+from metammf_dist.distributed.sharded_ids import ShardedIdTables, optimizer_state_tensors, row_block
 from metammf_dist.errors import TrainingError
 from metammf_dist.evaluation.ranking import evaluate_full_ranking, evaluate_item_sharded
 from metammf_dist.graph.shared import graph_key, node_shared_graph
@@ -91,7 +91,7 @@ class Trainer:
         build = lambda: build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items,  # noqa: E731
                                           backend=cfg.train.graph_backend)
         if cfg.train.graph_backend == "torch" and self.info.distributed:  # one copy per machine, memory-mapped
-            self.graph_key = graph_key(cfg.data.path, self.ds.meta, len(train_u))
+            self.graph_key = graph_key(cfg.data.path, self.ds.meta, len(train_u), cfg.run_dir)
             self.graph = node_shared_graph(build, self.graph_key, self.info.local_rank, lambda: barrier(self.info))
         else:
             self.graph = build()
@@ -174,7 +174,7 @@ class Trainer:
             (user_lo, user_vecs), (item_lo, item_vecs) = sharded_vectors(
                 model, self.store, self.graph, self.ds.num_users, self.ds.num_items, info.rank, info.world_size,
                 item_chunk=ev.item_chunk, device=info.device)
-        block = -(-self.ds.num_users // info.world_size)
+        block = row_block(self.ds.num_users, info.world_size)
 
         def user_rows(ids):  # collective: every rank asks for the same chunk
             return fetch_owned_rows(ids.to(user_vecs.device), user_vecs, user_lo, block, info.world_size)
@@ -191,6 +191,7 @@ class Trainer:
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics["best_epoch"] = self.state.best_epoch
         self.run.log_metrics(self.state.best_epoch, self.state.global_step, "test", metrics)
+        metrics["checkpoint"] = tag  # the one evaluated: the best unless it failed verification (a warning says so)
         return metrics
 
     # -- one epoch --------------------------------------------------------------------------------
@@ -297,22 +298,18 @@ class Trainer:
                        extras=extras, rank_extras=rank_extras)
 
     def _usage(self) -> dict:
-        """This run's time split and every rank's peak RSS (collective)."""
-        mine = (peak_rss_bytes(), pss_bytes())
-        both = [mine]
+        """This run's time split, and every rank's peak RSS, PSS and catalog-state bytes (collective)."""
+        mine = (peak_rss_bytes(), pss_bytes(), self.catalog_state_bytes())
+        every = [mine]
         if self.info.distributed and self.info.world_size > 1:
-            both = [None] * self.info.world_size
-            tdist.all_gather_object(both, mine)
-        peaks, pss = [b[0] for b in both], [b[1] for b in both]
+            every = [None] * self.info.world_size
+            tdist.all_gather_object(every, mine)
+        peaks, pss, catalog = ([rank[i] for rank in every] for i in range(3))
         strategy = self.strategy
         refreshes = {"refreshes": strategy.refreshes if strategy else 0,
                      "refresh_seconds": strategy.refresh_seconds if strategy else 0.0}
         if self.info.device.type == "cuda":  # this rank's peak of torch's allocated device memory
             refreshes["peak_device_bytes"] = int(torch.cuda.max_memory_allocated(self.info.device))
-        catalog = [self.catalog_state_bytes()]
-        if self.info.distributed and self.info.world_size > 1:
-            catalog = [None] * self.info.world_size
-            tdist.all_gather_object(catalog, self.catalog_state_bytes())
         return {**self.usage, **refreshes, "world_size": self.info.world_size, "peak_rss_bytes_per_rank": peaks,
                 "pss_bytes_per_rank_at_end": pss, "graph_shared_per_node": self.graph_key is not None,
                 "catalog_state_bytes_per_rank": catalog,
@@ -349,7 +346,10 @@ class Trainer:
             if not shards:
                 raise TrainingError(f"checkpoint {self.ckpt.root / tag}: no {SHARD_PREFIX} files "
                                     "(train.id_tables=sharded)")
-            self.id_tables.load_shards(shards)
+            try:
+                self.id_tables.load_shards(shards)
+            except ValueError as exc:  # another catalog, optimizer or world's shards, or a shard missing
+                raise TrainingError(f"checkpoint {self.ckpt.root / tag}: {exc}") from None
         elif self.id_tables is not None:
             saved = self.ckpt.read_extra(tag, ID_TABLES_FILE)
             if saved is None:
@@ -357,7 +357,7 @@ class Trainer:
             self.id_tables.load_state_dict(saved)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
-        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])
+        bad = torch.isfinite(loss.detach()).all().logical_not().float().reshape(1)  # on the loss's device (NCCL)
         if self.info.distributed:
             tdist.all_reduce(bad)
         if bad.item() > 0:

@@ -59,3 +59,17 @@ def keep_fp32_buffers(model: torch.nn.Module) -> Iterator[None]:
         owner, _, leaf = name.rpartition(".")
         module = owners[owner] if owner else model
         module._buffers[leaf] = value.to(module._buffers[leaf].device)
+
+
+def to_bf16_as_trained(model: torch.nn.Module, id_tables_outside: bool) -> None:
+    """A model restored from a bf16 run computes as that run did: bf16 dense parameters, fp32 buffers, and
+    fp32 ID tables where the run held them outside the engine (``train.id_tables`` sparse / sharded; their rows
+    are cast where they enter a layer, and the item kNN mean is taken over fp32 rows)."""
+    kept = ("user_emb", "item_emb") if id_tables_outside else ()
+    with keep_fp32_buffers(model):
+        for name, child in model.named_children():
+            if name not in kept:
+                child.to(torch.bfloat16)
+        for param in model.parameters(recurse=False):
+            param.data = param.data.to(torch.bfloat16)
+

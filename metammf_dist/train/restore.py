@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from metammf_dist.config import load_config
 from metammf_dist.data.dataset import Dataset
@@ -22,7 +21,7 @@ from metammf_dist.errors import TrainingError
 from metammf_dist.graph.train_graph import build_train_graph
 from metammf_dist.model.registry import build_model
 from metammf_dist.train.checkpoint import Checkpoints, load_module_state
-from metammf_dist.train.precision import keep_fp32_buffers, precision_of
+from metammf_dist.train.precision import precision_of, to_bf16_as_trained
 
 PREFIX = "model."  # the engine wraps the recommender in BPRObjective(model)
 
@@ -47,7 +46,10 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best", 
         state.update(weights_of(id_tables))
     shards = ckpt.read_rank_extras(tag, SHARD_PREFIX)  # train.id_tables=sharded: each rank's rows
     if shards:
-        state.update(assemble(shards))
+        try:
+            state.update(assemble(shards))
+        except ValueError as exc:  # a shard missing, or shards of different catalogs
+            raise TrainingError(f"checkpoint {ckpt.root / tag}: {exc}") from None
     model = build_model(cfg.model, ds.num_users, ds.num_items, ds.feat_dim)
     own = model.state_dict()
     params = {name for name, _ in model.named_parameters()}
@@ -61,9 +63,8 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best", 
                 f"({ds.num_users} users, {ds.num_items} items, feature dim {ds.feat_dim})"
             )
     model.load_state_dict({k: state[k].float() if own[k].is_floating_point() else state[k] for k in own})
-    if _run_precision(run) == "bf16":  # compute as the run did: bf16 parameters, fp32 buffers
-        with keep_fp32_buffers(model):
-            model.to(torch.bfloat16)
+    if _run_precision(run) == "bf16":
+        to_bf16_as_trained(model, id_tables_outside=cfg.train.id_tables != "dense")
     model.eval()
     store = ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
     train_u, train_i = ds.interactions("train")
