@@ -30,7 +30,7 @@ from metammf_dist.data.dataset import Dataset
 from metammf_dist.data.feature_stats import feature_moments
 from metammf_dist.data.item_knn import feature_knn
 from metammf_dist.distributed.collectives import fetch_owned_rows
-from metammf_dist.distributed.deepspeed_engine import build_engine, gathered_model, load_ds_config
+from metammf_dist.distributed.deepspeed_engine import build_engine, gathered_model, load_ds_config, precision_of
 from metammf_dist.distributed.id_tables import FILE_NAME as ID_TABLES_FILE
 from metammf_dist.distributed.id_tables import SparseIdTables
 from metammf_dist.distributed.process_group import DistInfo, barrier, broadcast_object, init_distributed, log_main
@@ -50,7 +50,7 @@ from metammf_dist.train.checkpoint import Checkpoints, tag_for
 from metammf_dist.train.inference import compute_vectors, sharded_vectors, split_csr
 from metammf_dist.train.lr_schedule import scheduled_lr, set_lr
 from metammf_dist.train.objective import BPRObjective
-from metammf_dist.train.precision import apply_tf32, keep_fp32_buffers, precision_of
+from metammf_dist.train.precision import apply_tf32, keep_fp32_buffers
 from metammf_dist.train.run_dir import RunDir
 
 

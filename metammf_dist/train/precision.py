@@ -30,15 +30,6 @@ from typing import Iterator
 
 import torch
 
-from metammf_dist.config import ConfigError
-
-
-def precision_of(ds_config: dict) -> str:
-    """"bf16" when the DeepSpeed JSON enables bf16, else "fp32"; fp16 is refused (one line)."""
-    if (ds_config.get("fp16") or {}).get("enabled"):
-        raise ConfigError("DeepSpeed config: fp16 (with loss scaling) is not supported; use bf16 "
-                          "(configs/ds/zero*_bf16.json) or fp32")
-    return "bf16" if (ds_config.get("bf16") or ds_config.get("bfloat16") or {}).get("enabled") else "fp32"
 
 
 def apply_tf32(enabled: bool) -> None:

@@ -12,6 +12,7 @@ from typing import Optional
 
 from metammf_dist.config import load_config
 from metammf_dist.data.dataset import Dataset
+from metammf_dist.distributed.deepspeed_engine import precision_of
 from metammf_dist.distributed.id_tables import FILE_NAME as ID_TABLES_FILE
 from metammf_dist.distributed.id_tables import weights_of
 from metammf_dist.distributed.process_group import DistInfo
@@ -21,7 +22,7 @@ from metammf_dist.errors import TrainingError
 from metammf_dist.graph.train_graph import build_train_graph
 from metammf_dist.model.registry import build_model
 from metammf_dist.train.checkpoint import Checkpoints, load_module_state
-from metammf_dist.train.precision import precision_of, to_bf16_as_trained
+from metammf_dist.train.precision import to_bf16_as_trained
 
 PREFIX = "model."  # the engine wraps the recommender in BPRObjective(model)
 
