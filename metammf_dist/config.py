@@ -84,7 +84,7 @@ class EvalConfig:
     ks: List[int] = field(default_factory=lambda: [10, 20])
     item_chunk: int = 8192  # items per chunk when computing item vectors
     user_chunk: int = 1024  # users per scoring chunk
-    metric: str = "recall@20"  # early-stopping metric on the valid split
+    metric: str = "recall@20"  # early-stopping metric on the valid split; several joined by + are summed
     max_users: int = 0  # 0 = every user with interactions in the split; N = a fixed random N of them (big catalogs)
 
 
@@ -291,9 +291,13 @@ def _validate_eval(ev: "EvalConfig") -> None:
     if len(set(ev.ks)) != len(ev.ks):
         raise ConfigError(f"config key 'eval.ks': repeats a cut-off ({ev.ks})")
     computed = [f"{name}@{k}" for k in ev.ks for name in METRIC_NAMES]
-    if ev.metric not in computed:
-        raise ConfigError(f"config key 'eval.metric': {ev.metric!r} is not computed with eval.ks={ev.ks} "
-                          f"(one of {', '.join(computed)})")
+    terms = ev.metric.split("+")
+    for term in terms:
+        if term not in computed:
+            raise ConfigError(f"config key 'eval.metric': {term!r} is not computed with eval.ks={ev.ks} "
+                              f"(one of {', '.join(computed)}, or several joined by '+')")
+    if len(set(terms)) != len(terms):
+        raise ConfigError(f"config key 'eval.metric': {ev.metric!r} names a metric twice")
 
 
 def require_data_path(cfg: Config) -> Config:

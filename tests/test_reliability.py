@@ -205,7 +205,8 @@ def test_the_scanner_reads_globals_without_running_them(tmp_path):
 
 # -- 4. config values, before any work ---------------------------------------------------------------------
 @pytest.mark.parametrize("override,key", [
-    ("eval.metric=recall@7", "eval.metric"), ("eval.ks=[0]", "eval.ks[0]"), ("eval.ks=[-5]", "eval.ks[0]"),
+    ("eval.metric=recall@7", "eval.metric"), ("eval.metric=recall@20+ndcg@7", "eval.metric"),
+    ("eval.metric=recall@20+recall@20", "eval.metric"), ("eval.ks=[0]", "eval.ks[0]"), ("eval.ks=[-5]", "eval.ks[0]"),
     ("train.lr=-0.01", "train.lr"), ("model.fusion_dims=[0,32]", "model.fusion_dims[0]"),
     ("train.epochs=-1", "train.epochs"), ("train.max_steps_per_epoch=-3", "train.max_steps_per_epoch"),
     ("train.num_workers=-1", "train.num_workers"), ("train.fanouts=[0,5]", "train.fanouts[0]"),

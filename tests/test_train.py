@@ -59,6 +59,23 @@ def test_cosine_rate_is_logged_and_resumed(synth_ds, tmp_path):
     assert rest == pytest.approx(rates[-len(rest):]) and len(rest) < len(rates)
 
 
+def test_summed_selection_metric_tracks_the_sum(synth_ds, tmp_path):
+    """``eval.metric=recall@20+ndcg@20``: the best checkpoint records the sum of the valid Recall@20 and NDCG@20
+    logged in metrics.csv for its epoch, that epoch has the largest sum, and it is the checkpoint tested."""
+    run = tmp_path / "run"
+    metrics = last_json(train(synth_ds, run, "eval.metric=recall@20+ndcg@20", epochs=3))
+    sums = {}
+    with open(run / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            if row["split"] == "valid" and row["metric"] in ("recall@20", "ndcg@20"):
+                sums[int(row["epoch"])] = sums.get(int(row["epoch"]), 0.0) + float(row["value"])
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    epoch = best["metrics"]["epoch"]
+    assert sorted(sums) == [1, 2, 3] and sums[epoch] == max(sums.values())
+    assert best["metrics"]["recall@20+ndcg@20"] == pytest.approx(sums[epoch], abs=1e-12)
+    assert metrics["best_epoch"] == epoch and metrics["checkpoint"] == best["tag"] == tag_for(epoch, 0)
+
+
 @pytest.mark.parametrize("option,without,extra", [
     ("model.item_knn=5", "model.item_knn=0", ["train.id_tables=dense", "model.item_knn_at=output"]),
     ("model.item_knn=5", "model.item_knn=0", ["train.id_tables=sparse", "model.item_knn_at=input"]),

@@ -30,6 +30,12 @@ def metric_keys(ks: Sequence[int]) -> list:
     return [f"{name}@{k}" for k in ks for name in METRIC_NAMES]
 
 
+def selection_value(metrics: Dict[str, float], spec: str) -> float:
+    """The early-stopping value of ``eval.metric``: one key (``recall@20``) or the sum of several joined by
+    ``+`` (``recall@20+ndcg@20``)."""
+    return sum(float(metrics[term]) for term in spec.split("+"))
+
+
 def check_ks(ks: Sequence[int]) -> tuple:
     """Validate the cut-offs: a non-empty sequence of distinct positive ints."""
     ks = tuple(ks)

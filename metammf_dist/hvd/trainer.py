@@ -19,6 +19,7 @@ import torch
 
 from metammf_dist.config import Config
 from metammf_dist.data.dataset import Dataset
+from metammf_dist.evaluation.metrics import selection_value
 from metammf_dist.evaluation.ranking import evaluate_full_ranking
 from metammf_dist.graph.train_graph import build_train_graph
 from metammf_dist.sampler import batch_kind, make_batches
@@ -82,7 +83,7 @@ class HorovodTrainer:
             metrics = self.evaluate("valid") if self.rank == 0 else None
             # an explicit name: the default (the object's type) differs between rank 0 and the others
             metrics = self.hvd.broadcast_object(metrics, root_rank=0, name=f"valid{epoch}")
-            value = float(metrics[cfg.eval.metric])
+            value = selection_value(metrics, cfg.eval.metric)
             if value > best_metric:
                 best_metric, best_epoch, bad = value, epoch + 1, 0
                 best_state = copy.deepcopy(self.model.state_dict())
@@ -140,5 +141,6 @@ class HorovodTrainer:
         if self.rank == 0:
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
-            print(f"epoch {record['epoch']}: valid {self.cfg.eval.metric}={record[self.cfg.eval.metric]:.4f} "
+            value = selection_value(record, self.cfg.eval.metric)
+            print(f"epoch {record['epoch']}: valid {self.cfg.eval.metric}={value:.4f} "
                   f"loss={record['train_loss']:.4f} ({record['epoch_s']:.1f}s)", flush=True)

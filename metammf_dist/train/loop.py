@@ -37,6 +37,7 @@ from metammf_dist.distributed.process_group import DistInfo, barrier, broadcast_
 from metammf_dist.distributed.sharded_ids import FILE_PREFIX as SHARD_PREFIX
 from metammf_dist.distributed.sharded_ids import ShardedIdTables, optimizer_state_tensors, row_block
 from metammf_dist.errors import TrainingError
+from metammf_dist.evaluation.metrics import selection_value
 from metammf_dist.evaluation.ranking import evaluate_full_ranking, evaluate_item_sharded
 from metammf_dist.graph.shared import graph_key, node_shared_graph
 from metammf_dist.graph.shared import release as release_graph
@@ -237,7 +238,7 @@ class Trainer:
             started = time.perf_counter()
             metrics = self.evaluate("valid")
             self.usage["valid_eval_seconds"] += time.perf_counter() - started
-            value = float(metrics[cfg.eval.metric])
+            value = selection_value(metrics, cfg.eval.metric)
             st.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in metrics.items()}})
             self.run.log_metrics(epoch + 1, st.global_step, "valid", metrics)
             if value > st.best_metric:
