@@ -1,4 +1,5 @@
-"""``metammf-dist evaluate RUN_DIR [--split test] [--checkpoint best|latest]``: rank in full, print metrics JSON."""
+"""``metammf-dist evaluate RUN_DIR [--split test] [--checkpoint best|latest]``: rank in full, print metrics JSON
+(on test also warm-item and cold-item metrics when some item has no train interaction: ``evaluation/item_groups``)."""
 from __future__ import annotations
 
 import json
@@ -31,6 +32,13 @@ def run(args) -> int:
     truth, excl, users = split_csr(ds, args.split, exclude, cfg.eval.max_users)
     metrics = evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=tuple(cfg.eval.ks),
                                     user_chunk=cfg.eval.user_chunk)
+    if args.split == "test":
+        from metammf_dist.evaluation.item_groups import cold_item_mask, evaluate_item_groups
+
+        cold = cold_item_mask(ds.interactions("train")[1], ds.num_items)
+        if bool(cold.any()):
+            metrics.update(evaluate_item_groups(user_vecs, item_vecs, excl, truth, users, cold, tuple(cfg.eval.ks),
+                                                cfg.eval.user_chunk))
     metrics = {k: float(v) for k, v in metrics.items()}
     if args.popularity:
         from metammf_dist.evaluation.popularity import evaluate_popularity

@@ -4,8 +4,19 @@
     user vector  v_u = e_u                    (user_id_dim = D)
     score(u, i)  = <v_u', v_i'>               (v' = v for MF, the GCN's output for the GCN scorer)
 
-Cold start: an item id ≥ ``num_items`` has no trained ID row; it gets its fusion part plus the mean of
-the item ID table, so new items with features can be scored at once.
+Cold items: an item with no train interaction (``set_train_items``) and an id ≥ ``num_items`` (a new item) have
+no trained ID row; both get their fusion part plus the mean of the TRAINED ID rows, everywhere (training, the
+item kNN graph, inference).  The mean, not the item's own row: an untrained row is its random initial draw
+(pushed around only by weight decay), noise that would rank cold items at random against each other; the mean
+trained row puts every cold item at the same ID offset, so cold items are ranked by their features alone,
+and against warm items with the catalog's average ID part.  (``model.fusion=none`` has no features: there all
+cold items tie.)
+
+``model.fusion=none`` (the ID-only ablation): no fusion and no meta-learner; the item vector is the ID row alone
+(``item_id_dim`` = ``user_id_dim``).
+
+Initial ID rows come from their own generator (``reset_id_rows``, seeded with ``train.seed`` by the trainer):
+user rows first, then item rows, so runs of one seed start from the same ID rows whatever the fusion kind.
 
 One training entry point for both scorers, ``forward_blocks(blocks, input_users, input_items,
 input_item_feats)``: the inputs are the (global) ids of the src nodes of ``blocks[0]`` — per node type —
@@ -26,38 +37,65 @@ from metammf_dist.model.registry import build_fusion, build_scorer
 
 
 class ColdStartEmbedding(nn.Embedding):
-    """ID table whose ids ≥ ``num_embeddings`` (no trained row: cold start) read the mean of all rows.
+    """ID table whose cold ids read the mean of the trained rows: ids ≥ ``num_embeddings`` (new items) and ids whose
+    ``trained`` flag is off (items with no train interaction; every flag is on until ``set_trained`` says otherwise).
 
     The mean is taken inside this module's own ``forward``, so wrappers that gather a module's
     parameters around its forward (e.g. ZeRO stage 3) see the whole table.
     """
 
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__(num_embeddings, embedding_dim)
+        self.register_buffer("trained", torch.ones(num_embeddings, dtype=torch.bool))
+
+    def set_trained(self, ids) -> None:
+        """Rows ``ids`` are trained (e.g. the items of the train interactions); every other row is cold."""
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise ValueError(f"set_trained: ids outside 0..{self.num_embeddings - 1}")
+        if ids.numel() == 0:
+            raise ValueError("set_trained: no trained row (no train interaction)")
+        mask = torch.zeros_like(self.trained)
+        mask[ids.to(mask.device)] = True
+        self.trained.copy_(mask)
+
+    def trained_mean(self) -> torch.Tensor:
+        """The mean of the trained rows, ``[embedding_dim]``."""
+        if bool(self.trained.all()):
+            return self.weight.mean(0)
+        weight = self.trained.to(self.weight.dtype).unsqueeze(1)
+        return (self.weight * weight).sum(0) / weight.sum()
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.numel() == 0 or int(ids.max()) < self.num_embeddings:
+        in_range = ids < self.num_embeddings
+        if ids.numel() == 0 or (bool(in_range.all()) and bool(self.trained[ids].all())):
             return super().forward(ids)
-        known = ids < self.num_embeddings
-        rows = super().forward(torch.where(known, ids, torch.zeros_like(ids)))
-        return torch.where(known.unsqueeze(-1), rows, self.weight.mean(0).expand_as(rows))
+        safe = torch.where(in_range, ids, torch.zeros_like(ids))
+        known = in_range & self.trained[safe]
+        rows = super().forward(safe)
+        # the mean carries no gradient: a cold item trains nothing (and sparse ID tables get row gradients only)
+        return torch.where(known.unsqueeze(-1), rows, self.trained_mean().detach().expand_as(rows))
 
 
 class MetaMMFRecommender(nn.Module):
     """Parts, as attributes (grouped by ``summary.parameter_counts``): ``fusion`` (with
-    ``fusion.meta_learner``, also reachable as ``meta_learner``), ``user_emb``, ``item_emb``, and
-    ``gcn`` (``None`` for the MF scorer)."""
+    ``fusion.meta_learner``, also reachable as ``meta_learner``; ``None`` for ``model.fusion=none``),
+    ``user_emb``, ``item_emb``, and ``gcn`` (``None`` for the MF scorer)."""
 
     def __init__(self, cfg: ModelConfig, num_users: int, num_items: int, feat_dim: int):
         super().__init__()
-        if cfg.fusion_dims[-1] + cfg.item_id_dim != cfg.user_id_dim:
+        fusion_out = 0 if cfg.fusion == "none" else cfg.fusion_dims[-1]
+        if fusion_out + cfg.item_id_dim != cfg.user_id_dim:
             raise ValueError(
-                f"model.user_id_dim must equal model.fusion_dims[-1] + model.item_id_dim "
-                f"({cfg.fusion_dims[-1]} + {cfg.item_id_dim}), got {cfg.user_id_dim}"
+                f"model.user_id_dim must equal the fusion output + model.item_id_dim "
+                f"({fusion_out} + {cfg.item_id_dim}), got {cfg.user_id_dim}"
             )
         if num_users <= 0 or num_items <= 0 or feat_dim <= 0:
             raise ValueError(f"need positive sizes, got users={num_users} items={num_items} feat_dim={feat_dim}")
         self.cfg = cfg
         self.num_users, self.num_items, self.feat_dim = num_users, num_items, feat_dim
         self.dim = cfg.user_id_dim
-        self.fusion = build_fusion(cfg, feat_dim)
+        self.fusion = None if cfg.fusion == "none" else build_fusion(cfg, feat_dim)
         self.item_emb = ColdStartEmbedding(num_items, cfg.item_id_dim)
         self.user_emb = nn.Embedding(num_users, cfg.user_id_dim)
         nn.init.normal_(self.item_emb.weight, std=cfg.id_init_std)
@@ -71,6 +109,18 @@ class MetaMMFRecommender(nn.Module):
             self.register_buffer("item_inv_sqrt_deg", torch.ones(num_items))
         if cfg.item_knn > 0:  # filled by set_item_graph from the dataset (until then: each item its own neighbour)
             self.register_buffer("knn_index", torch.arange(num_items).unsqueeze(1).repeat(1, cfg.item_knn))
+
+    @torch.no_grad()
+    def reset_id_rows(self, generator: torch.Generator) -> None:
+        """Draw the user rows, then the item rows, ~ N(0, id_init_std²) from ``generator`` (float32 draws, so a
+        seed gives the same rows in any parameter dtype)."""
+        for table in (self.user_emb, self.item_emb):
+            rows = torch.randn(tuple(table.weight.shape), generator=generator) * self.cfg.id_init_std
+            table.weight.copy_(rows.to(table.weight.dtype))
+
+    def set_train_items(self, train_items) -> None:
+        """The items with a train interaction; every other item is cold (its ID part: the mean trained row)."""
+        self.item_emb.set_trained(torch.unique(torch.as_tensor(train_items, dtype=torch.long)))
 
     def set_feature_stats(self, mean, std) -> None:
         """Per-dim input statistics for ``feature_norm: standardize`` (x -> (x - mean) / std)."""
@@ -160,25 +210,39 @@ class MetaMMFRecommender(nn.Module):
 
     @property
     def fusion_out_dim(self) -> int:
-        """Width of the fusion part of an item vector (``model.fusion_dims[-1]``)."""
-        return self.cfg.fusion_dims[-1]
+        """Width of the fusion part of an item vector (``model.fusion_dims[-1]``; 0 for ``model.fusion=none``)."""
+        return 0 if self.fusion is None else self.cfg.fusion_dims[-1]
 
     @property
     def meta_learner(self) -> Optional[nn.Module]:
-        return self.fusion.meta_learner
+        return None if self.fusion is None else self.fusion.meta_learner
 
-    # ---- vectors -------------------------------------------------------------------------------
-    def fuse(self, feats: torch.Tensor) -> torch.Tensor:
-        """The fusion part of item vectors: ``fusion((feats - mean) / std)`` -> ``[n, fusion_dims[-1]]``."""
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        """Features as the fusion reads them: ``(feats - mean) / std`` with ``feature_norm: standardize``."""
         weight = self.item_emb.weight
         feats = feats.to(device=weight.device, dtype=weight.dtype)
         if hasattr(self, "feat_mean"):
             feats = (feats - self.feat_mean) / self.feat_std
-        return self.fusion(feats)
+        return feats
+
+    def meta_vectors(self, feats: torch.Tensor) -> torch.Tensor:
+        """The items' meta vectors ``s_i`` ``[n, meta_dim]`` (fusion kinds with a meta-learner only)."""
+        if self.meta_learner is None:
+            raise ValueError(f"model.fusion={self.cfg.fusion} has no meta-learner")
+        return self.meta_learner(self.normalize(feats))
+
+    # ---- vectors -------------------------------------------------------------------------------
+    def fuse(self, feats: torch.Tensor) -> torch.Tensor:
+        """The fusion part of item vectors: ``fusion((feats - mean) / std)`` -> ``[n, fusion_dims[-1]]``
+        (``[n, 0]`` for ``model.fusion=none``)."""
+        if self.fusion is None:
+            weight = self.item_emb.weight
+            return weight.new_zeros(feats.shape[0], 0)
+        return self.fusion(self.normalize(feats))
 
     def item_vectors(self, item_ids: torch.Tensor, feats: torch.Tensor,
                      fused_rest: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``[n, D]`` = fusion(feats) ⊕ ID row; ids ≥ num_items (cold start) get the mean ID row.
+        """``[n, D]`` = fusion(feats) ⊕ ID row; cold items get the mean trained ID row.
 
         ``fused_rest`` (fusion cache): precomputed fusion outputs of the items after the ``feats`` rows, used as
         they are (no gradient reaches the fusion through them); the ID rows of all ids stay live."""

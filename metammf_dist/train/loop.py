@@ -4,7 +4,8 @@ One entry for every launcher (single process, torchrun, deepspeed launcher, Slur
 sample a mini-batch (rank-disjoint edges, seeded negatives, neighbour blocks) -> fetch the features of the
 batch's input items from the shard store -> BPR loss through the engine -> backward/step.  Every
 ``eval_every`` epochs the valid split is ranked in full; early stopping on ``eval.metric`` with
-``patience``; at the end the best checkpoint is loaded and the test split is ranked.
+``patience``; at the end the best checkpoint is loaded and the test split is ranked (overall, and by warm /
+cold items when some item has no train interaction).
 
 Big catalogs: a strategy (``metammf_dist/strategies``: the fusion cache, layer histories) is called through
 ``Strategy.prepare`` / ``after_step`` around each step and gives the model the rows it keeps across steps;
@@ -33,6 +34,7 @@ from metammf_dist.distributed.id_tables import FILE_NAME as ID_TABLES_FILE
 from metammf_dist.distributed.id_tables import SparseIdTables
 from metammf_dist.distributed.process_group import DistInfo, broadcast_object, init_distributed, log_main
 from metammf_dist.errors import TrainingError
+from metammf_dist.evaluation.item_groups import cold_item_mask, evaluate_item_groups
 from metammf_dist.evaluation.ranking import evaluate_full_ranking
 from metammf_dist.graph.train_graph import build_train_graph
 from metammf_dist.model.registry import build_model
@@ -134,6 +136,8 @@ class Trainer:
         return test
 
     def evaluate(self, split: str) -> dict:
+        """Full-ranking metrics of ``split``; the test split adds warm-item and cold-item metrics
+        (``evaluation/item_groups.py``) when some item has no train interaction."""
         exclude = ["train"] if split == "valid" else ["train", "valid"]
         truth, excl, users = split_csr(self.ds, split, exclude, self.cfg.eval.max_users)
         with self._full_model() as model:
@@ -141,8 +145,12 @@ class Trainer:
                 model, self.store, self.graph, self.ds.num_users, self.ds.num_items,
                 item_chunk=self.cfg.eval.item_chunk, device=self.info.device,
             )
-        return evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=tuple(self.cfg.eval.ks),
-                                     user_chunk=self.cfg.eval.user_chunk)
+        ks, chunk = tuple(self.cfg.eval.ks), self.cfg.eval.user_chunk
+        metrics = evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=ks, user_chunk=chunk)
+        cold = cold_item_mask(self.ds.interactions("train")[1], self.ds.num_items)
+        if split == "test" and bool(cold.any()):
+            metrics.update(evaluate_item_groups(user_vecs, item_vecs, excl, truth, users, cold, ks, chunk))
+        return metrics
 
     def test_best(self) -> dict:
         tag = self.ckpt.resolve("latest", self.trust, first=self.state.best_tag)
@@ -287,10 +295,14 @@ class Trainer:
 
 
 def model_from_data(cfg: Config, ds, store, train_users, train_items) -> torch.nn.Module:
-    """The configured model with what it takes from the data: feature statistics (``model.feature_norm``),
-    train-graph degrees (LightGCN) and the item kNN graph (``model.item_knn``).  Draws its initial weights
-    from torch's global generator (seed it first)."""
+    """The configured model with what it takes from the data: the items with a train interaction (the others
+    are cold), feature statistics (``model.feature_norm``), train-graph degrees (LightGCN) and the item kNN
+    graph (``model.item_knn``).  Draws its fusion/GCN weights from torch's global generator (seed it first) and
+    its ID rows from a generator seeded with ``train.seed`` alone, so every fusion kind starts from the same
+    ID rows for a seed."""
     model = build_model(cfg.model, ds.num_users, ds.num_items, ds.feat_dim)
+    model.reset_id_rows(torch.Generator().manual_seed(cfg.train.seed))
+    model.set_train_items(train_items)
     if cfg.model.feature_norm == "standardize":
         model.set_feature_stats(*feature_moments(store))
     if cfg.model.scorer == "gcn" and cfg.model.gcn_type == "light":

@@ -19,6 +19,7 @@ from metammf_dist.model.registry import build_model
 from metammf_dist.train.checkpoint import Checkpoints, load_module_state
 
 PREFIX = "model."  # the engine wraps the recommender in BPRObjective(model)
+TRAINED_KEY = "item_emb.trained"  # which items had a train interaction (a buffer; derived from the dataset)
 
 
 def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best", trust: bool = False):
@@ -40,7 +41,10 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best", 
     if id_tables is not None:
         state.update(weights_of(id_tables))
     model = build_model(cfg.model, ds.num_users, ds.num_items, ds.feat_dim)
+    train_u, train_i = ds.interactions("train")
+    model.set_train_items(train_i)
     own = model.state_dict()
+    state.setdefault(TRAINED_KEY, own[TRAINED_KEY])  # checkpoints from before the cold-item rule: from the data
     params = {name for name, _ in model.named_parameters()}
     for name, tensor in sorted(own.items(), key=lambda kv: kv[0] not in params):  # parameters first: clearer errors
         if name not in state:
@@ -54,6 +58,5 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best", 
     model.load_state_dict({k: state[k].float() if own[k].is_floating_point() else state[k] for k in own})
     model.eval()
     store = ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
-    train_u, train_i = ds.interactions("train")
     graph = build_train_graph(train_u, train_i, ds.num_users, ds.num_items, backend=cfg.train.graph_backend)
     return cfg, ds, store, graph, model, tag
