@@ -23,6 +23,11 @@ for part in "${@:-tiktok-warm-gcn tiktok-cold-gcn tiktok-warm-mf tiktok-cold-mf 
     case $p in
       tiktok-warm-gcn) tiktok; ablate configs/tiktok.yaml --out $OUT/$p --seeds "$SEEDS" data.path=data/tiktok ;;
       tiktok-cold-gcn) tiktok; ablate configs/tiktok.yaml --out $OUT/$p --seeds "$SEEDS" data.path=data/tiktok-cold20 ;;
+      synth-planted|synth-control)
+        data=bench_out/synth/${p#synth-}; flag=""; [ "$p" = synth-planted ] && flag=--planted-fusion
+        [ -f "$data/dataset.json" ] || $PY -m metammf_dist synth "$data" --users 6000 --items 3000 --interactions 120000 \
+          --modality image:64 --modality text:64 --clusters 16 --cold-items 0.2 --seed 1 --dtype float32 $flag
+        ablate configs/ablation/synth.yaml --out $OUT/$p --seeds "$SEEDS" data.path="$data" ;;
       *) echo "unknown part $p" >&2; exit 2 ;;
     esac
   done

@@ -31,13 +31,15 @@ decides how its modalities combine:
 * **Features.** ``x_im = z_im W_m + GATE_SIGNAL * l_im * u_m + feature_noise * N(0, I)``: modality m shows its
   own latent and, along a fixed random unit direction ``u_m``, its own gate logit, so the gate is a (softmax)
   function of linear readouts of the features.
-* **Behaviour.** Item i behaves as the cluster of modality m with probability ``g_im``: its cluster
-  ``a_i = a_{i,m_i}``, ``m_i ~ Categorical(g_i)``, and interactions follow ``a_i`` exactly as above (users'
-  clusters drawn with the clusters' item shares).  For an item whose interactions are unseen (a cold item)
-  the expected item latent is ``Σ_m g_im z_im``: a multiplicative, item-dependent function of the features,
-  in which the gate (read from the features) weighs modality-specific maps - what a meta fusion layer
-  ``W_i = M + Σ_k s_ik T_k`` can express with ``s_i ≈ g_i`` and one static MLP can only approximate.
-  ``Planted.gate`` is the target of the meta-vector probe (``ablation/probe.py``).
+* **Behaviour.** Item i behaves as the cluster of its dominant modality ``m_i = argmax_m g_im``: its cluster is
+  ``a_i = a_{i,m_i}``, and interactions follow ``a_i`` exactly as above (users' clusters drawn with the
+  clusters' item shares).  The item latent is ``z_i = Σ_m w_im z_im`` with per-item weights
+  ``w_i = onehot(argmax g_i)`` over the modality latents: a multiplicative, item-dependent function of the
+  features, in which the gate (read from the features) switches between modality-specific maps - what a meta
+  fusion layer ``W_i = M + Σ_k s_ik T_k`` expresses with ``s_i`` tracking the gate, and one static MLP can only
+  approximate.  (A first version drew ``m_i ~ Categorical(g_i)``; the extra randomness left the learned
+  fusions of every kind near an equal-weights mixture: docs/results/meta_evidence.md.)  ``Planted.gate`` is the
+  target of the meta-vector probe (``ablation/probe.py``).
 
 Streaming: item features are generated ``item_chunk`` items at a time straight into the feature store;
 interactions ``~draw_chunk`` draws at a time straight into Parquet.  Each chunk has its own RNG stream
@@ -201,7 +203,7 @@ def _plant_gate(spec: SynthSpec, sizes: np.ndarray) -> dict:
     logits = GATE_SPREAD * rng.standard_normal((n_items, n_mod))
     gate = np.exp(logits - logits.max(1, keepdims=True))
     gate /= gate.sum(1, keepdims=True)
-    chosen = (rng.random((n_items, 1)) > np.cumsum(gate, 1)).sum(1).clip(max=n_mod - 1)  # m_i ~ Categorical(g_i)
+    chosen = gate.argmax(1)  # the dominant modality decides the behaviour
     item_cluster = modality_cluster[np.arange(n_items), chosen].astype(np.int32)
     share = np.bincount(item_cluster, minlength=k) / n_items
     user_primary = rng.choice(k, size=n_users, p=share).astype(np.int32)
