@@ -14,7 +14,7 @@ from metammf_dist.cli import main
 from metammf_dist.data.dataset import Dataset
 from metammf_dist.data.splits import SPLIT_CODES, hold_out_items
 from metammf_dist.evaluation.item_groups import cold_item_mask, evaluate_item_groups
-from metammf_dist.evaluation.ranking import build_csr
+from metammf_dist.evaluation.ranking import build_csr, evaluate_full_ranking
 
 
 # ---------------------------------------------------------------------------- the split
@@ -177,10 +177,14 @@ def test_warm_cold_metrics_match_a_brute_force_oracle():
     mask = cold_item_mask(torch.tensor([i for _, i in train]), n_items)
     torch.testing.assert_close(mask, torch.from_numpy(cold))
     got = evaluate_item_groups(user_vecs, item_vecs, excl, truth, torch.arange(n_users), mask, ks=(5,), user_chunk=7)
+    overall = evaluate_full_ranking(user_vecs, item_vecs, excl, truth, torch.arange(n_users), ks=(5,), user_chunk=7)
+    assert {k: v for k, v in got.items() if not k.startswith(("warm_", "cold_"))} == overall  # one pass, same
     scores = (user_vecs @ item_vecs.T).numpy()
     everything = np.ones(n_items, dtype=bool)
-    for group, keep, candidates in (("warm", ~cold, ~cold), ("cold", cold, cold), ("cold_all", cold, everything)):
+    for group, keep, candidates in (("warm", ~cold, ~cold), ("cold", cold, cold), ("cold_all", cold, everything),
+                                    ("", everything, everything)):
         recall, ndcg, n = _oracle(scores, exclude_pairs, test, keep, candidates, 5)
-        assert got[f"{group}_num_users"] == n
-        assert got[f"{group}_recall@5"] == pytest.approx(recall, abs=1e-9)
-        assert got[f"{group}_ndcg@5"] == pytest.approx(ndcg, abs=1e-9)
+        prefix = f"{group}_" if group else ""
+        assert got[f"{prefix}num_users"] == n
+        assert got[f"{prefix}recall@5"] == pytest.approx(recall, abs=1e-9)
+        assert got[f"{prefix}ndcg@5"] == pytest.approx(ndcg, abs=1e-9)

@@ -27,7 +27,7 @@ different numbers of chunks.  The only collective is one ``all_reduce`` at the e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -181,12 +181,10 @@ def local_ranking_sums(
     user_chunk: int = 1024,
     rank: int = 0,
     world_size: int = 1,
-    candidates: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """This rank's share of the work: int64 ``[len(metric_keys(ks)) + 1]`` fixed-point metric sums
     followed by the number of users evaluated.  Summing the results of ranks 0..W-1 gives exactly
-    the ``world_size=1`` result.  ``candidates`` (bool ``[num_items]``): rank only these items (the
-    others are excluded for every user, as if in ``exclude``).
+    the ``world_size=1`` result.
     """
     ks = check_ks(ks)
     if user_chunk <= 0:
@@ -196,10 +194,6 @@ def local_ranking_sums(
             raise ValueError(f"{name} has {csr.num_rows} rows but truth has {truth.num_rows}")
         if csr.indices.numel() and int(csr.indices.max()) >= num_items:
             raise ValueError(f"{name} holds item id {int(csr.indices.max())} >= num_items={num_items}")
-    if candidates is not None:
-        candidates = torch.as_tensor(candidates, dtype=torch.bool).reshape(-1)
-        if candidates.numel() != num_items:
-            raise ValueError(f"candidates: {candidates.numel()} flags for num_items={num_items}")
     users = eval_users(truth, users)
     if users.numel() >= _MAX_USERS:
         raise ValueError(f"too many users for exact fixed-point sums: {users.numel()}")
@@ -212,8 +206,6 @@ def local_ranking_sums(
         if scores.shape != (chunk.numel(), num_items):
             raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {(chunk.numel(), num_items)}")
         fill_excluded(scores, exclude, chunk)
-        if candidates is not None:
-            scores.masked_fill_(~candidates.to(scores.device), float("-inf"))
         values, items = topk_lowest_id(scores, k_eff)
         truth_indptr, truth_items, _ = truth.gather(chunk)
         hits = hit_matrix(items, truth_indptr, truth_items, valid=values > float("-inf"))
@@ -252,19 +244,16 @@ def evaluate_scores(
     ks: Sequence[int] = (10, 20),
     user_chunk: int = 1024,
     group=None,
-    candidates: Optional[torch.Tensor] = None,
 ) -> Dict[str, float]:
     """Full-ranking metrics for a custom scorer ``score_fn(user_ids) -> Tensor[n, num_items]``.
 
     ``score_fn`` must return a fresh tensor (it is modified in place).  Distributed when
     torch.distributed is initialized or ``group`` is given; every rank returns the same dict:
-    ``precision@K``, ``recall@K``, ``hit@K``, ``ndcg@K`` per K, and ``num_users``.  ``candidates``: see
-    ``local_ranking_sums``.
+    ``precision@K``, ``recall@K``, ``hit@K``, ``ndcg@K`` per K, and ``num_users``.
     """
     ks = check_ks(ks)
     rank, world_size = _resolve_group(group)
-    totals = local_ranking_sums(score_fn, num_items, exclude, truth, users, ks, user_chunk, rank, world_size,
-                                candidates)
+    totals = local_ranking_sums(score_fn, num_items, exclude, truth, users, ks, user_chunk, rank, world_size)
     if world_size > 1 or group is not None:
         totals = _all_reduce_sum(totals, group)
     count = int(totals[-1])
@@ -284,9 +273,8 @@ def evaluate_full_ranking(
     ks: Sequence[int] = (10, 20),
     user_chunk: int = 1024,
     group=None,
-    candidates: Optional[torch.Tensor] = None,
 ) -> Dict[str, float]:
-    """Full-ranking metrics with scores ``user_vec @ item_vecs.T`` over all items (or the ``candidates``).
+    """Full-ranking metrics with scores ``user_vec @ item_vecs.T`` over all items.
 
     ``user_vecs_fn`` is either a ``[num_users, D]`` tensor or a callable ``user_ids -> Tensor[n, D]``
     (computed lazily per chunk; receives a CPU LongTensor).  Scores are computed on
@@ -306,4 +294,4 @@ def evaluate_full_ranking(
     def score_fn(ids: torch.Tensor) -> torch.Tensor:
         return user_vecs(ids).to(device=item_vecs.device, dtype=item_vecs.dtype) @ item_t
 
-    return evaluate_scores(score_fn, item_vecs.shape[0], exclude, truth, users, ks, user_chunk, group, candidates)
+    return evaluate_scores(score_fn, item_vecs.shape[0], exclude, truth, users, ks, user_chunk, group)

@@ -146,11 +146,11 @@ class Trainer:
                 item_chunk=self.cfg.eval.item_chunk, device=self.info.device,
             )
         ks, chunk = tuple(self.cfg.eval.ks), self.cfg.eval.user_chunk
-        metrics = evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=ks, user_chunk=chunk)
-        cold = cold_item_mask(self.ds.interactions("train")[1], self.ds.num_items)
-        if split == "test" and bool(cold.any()):
-            metrics.update(evaluate_item_groups(user_vecs, item_vecs, excl, truth, users, cold, ks, chunk))
-        return metrics
+        if split == "test":
+            cold = cold_item_mask(self.ds.interactions("train")[1], self.ds.num_items)
+            if bool(cold.any()):  # the same scores, also ranked by item group
+                return evaluate_item_groups(user_vecs, item_vecs, excl, truth, users, cold, ks, chunk)
+        return evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=ks, user_chunk=chunk)
 
     def test_best(self) -> dict:
         tag = self.ckpt.resolve("latest", self.trust, first=self.state.best_tag)
