@@ -89,3 +89,15 @@ def test_ablate_tiny_catalog_rerun_is_bit_identical(tmp_path):
     again = run_cli(*args, timeout=600)
     assert "meta seed 2" in again.stdout and "meta seed 1" not in again.stdout and "static seed" not in again.stdout
     assert _rows(out / "results.csv") == rows
+
+
+def test_wide_table_quotes_means_and_paired_intervals():
+    from metammf_dist.ablation.report import wide
+
+    rows = [{"variant": v, "seed": s, "recall@20": base + 0.01 * s + (0.002 * s if v == "meta" else 0)}
+            for v, base in (("meta", 0.11), ("static", 0.10)) for s in (1, 2, 3)]
+    table = wide(rows, "static", ["recall@20"]).splitlines()
+    assert table[0] == "| variant | seeds | recall@20 | Δ recall@20 vs static |"
+    diff = paired_difference({1: 0.122, 2: 0.134, 3: 0.146}, {1: 0.11, 2: 0.12, 3: 0.13})
+    assert table[2] == (f"| meta | 3 | 0.1340 | +{diff.mean:.4f} [+{diff.low:.4f}, +{diff.high:.4f}] * |")
+    assert table[3] == "| static | 3 | 0.1200 | – |"

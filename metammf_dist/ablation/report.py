@@ -9,6 +9,9 @@ Two markdown tables:
 
 Metrics: those of ``METRICS`` the CSV has (overall test Recall@20 / NDCG@20; with cold items the warm / cold
 ones; with a meta-learner the probes' R²), then ``train_seconds``.
+
+``wide`` (``ablate --report CSV --metrics a,b``): one row per variant, per metric its mean and the paired
+difference with its interval - the compact form the results pages quote.
 """
 from __future__ import annotations
 
@@ -83,6 +86,35 @@ def markdown(rows: List[dict], reference: str, metrics: Optional[Sequence[str]] 
     return "\n".join(lines) + "\n"
 
 
-def report(csv_path, reference: str) -> str:
-    """The markdown of ``csv_path`` (what ``ablate`` wrote beside it as ``results.md``)."""
-    return markdown(read_csv(Path(csv_path)), reference)
+def report(csv_path, reference: str, metrics: Optional[Sequence[str]] = None) -> str:
+    """The markdown of ``csv_path`` (what ``ablate`` wrote beside it as ``results.md``), or with ``metrics`` the
+    ``wide`` table of those metrics."""
+    rows = read_csv(Path(csv_path))
+    return wide(rows, reference, metrics) if metrics else markdown(rows, reference)
+
+
+def _summary(values: Dict[int, float], ref: Dict[int, float], is_reference: bool, coarse: bool):
+    mean = _fmt(statistics.fmean(values.values()), coarse=coarse)
+    diff = None if is_reference else paired_difference(values, ref)
+    if diff is None:
+        return mean, "–"
+    if diff.n < 2:
+        return mean, _fmt(diff.mean, True, coarse)
+    star = " *" if diff.excludes_zero else ""
+    return mean, f"{_fmt(diff.mean, True, coarse)} [{_fmt(diff.low, True, coarse)}, {_fmt(diff.high, True, coarse)}]{star}"
+
+
+def wide(rows: List[dict], reference: str, metrics: Sequence[str]) -> str:
+    """One row per variant: seeds, then per metric its mean and ``Δ vs reference [95 % interval]``."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    header = ["variant", "seeds"] + [h for m in metrics for h in (m, f"Δ {m} vs {reference}")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for v in variants:
+        mine = [r for r in rows if r["variant"] == v]
+        cells = [v, str(len(mine))]
+        for m in metrics:
+            values = {r["seed"]: r[m] for r in mine if m in r}
+            ref = {r["seed"]: r[m] for r in rows if r["variant"] == reference and m in r}
+            cells += list(_summary(values, ref, v == reference, m in COARSE)) if values else ["", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """``metammf-dist ablate CONFIG --out DIR --seeds N [--variants meta,cp,static,id] [--reference static]
 [key=value ...]``: train every variant on seeds 1..N (resumable), write ``DIR/results.csv`` and ``results.md``.
-``metammf-dist ablate --report DIR/results.csv [--reference static]``: print the tables again from the CSV alone.
+``metammf-dist ablate --report DIR/results.csv [--reference static] [--metrics recall@20,ndcg@20]``: print the
+tables again from the CSV alone (with ``--metrics``: one compact row per variant).
 
 Variants and what a seed shares across them: ``metammf_dist/ablation/runner.py``; the tables:
 ``ablation/report.py``.  Run it with ``OMP_NUM_THREADS=1`` in the environment for bit-reproducible probes (each
@@ -20,13 +21,16 @@ def add_arguments(parser) -> None:
                         help="comma-separated, of meta, cp, static, id (default: all four)")
     parser.add_argument("--reference", default="static", help="the variant differences are taken to (default static)")
     parser.add_argument("--report", metavar="CSV", help="only print the tables of an existing results.csv")
+    parser.add_argument("--metrics", default=None, metavar="A,B",
+                        help="with --report: one compact row per variant for these metrics (e.g. recall@20,ndcg@20)")
 
 
 def run(args) -> int:
     if args.report:
         from metammf_dist.ablation.report import report
 
-        print(report(args.report, args.reference), end="")
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+        print(report(args.report, args.reference, metrics), end="")
         return 0
     if not args.config or not args.out:
         raise ConfigError("ablate: give CONFIG and --out DIR (or --report CSV)")
