@@ -28,6 +28,8 @@ LATEST_TESTS=(
   tests/test_hvd.py
   tests/test_reliability.py
   tests/test_layout.py
+  tests/test_cold_items.py
+  tests/test_ablation.py
 )
 rc=0
 .venv-latest/bin/python -m pytest -q -m "not slow" "${LATEST_TESTS[@]}" "$@" || rc=$?
