@@ -23,11 +23,15 @@ for part in "${@:-tiktok-warm-gcn tiktok-cold-gcn tiktok-warm-mf tiktok-cold-mf 
     case $p in
       tiktok-warm-gcn) tiktok; ablate configs/tiktok.yaml --out $OUT/$p --seeds "$SEEDS" data.path=data/tiktok ;;
       tiktok-cold-gcn) tiktok; ablate configs/tiktok.yaml --out $OUT/$p --seeds "$SEEDS" data.path=data/tiktok-cold20 ;;
+      tiktok-warm-mf) tiktok; ablate configs/tiktok.yaml --out $OUT/$p --seeds "$SEEDS" data.path=data/tiktok model.scorer=mf ;;
+      tiktok-cold-mf) tiktok; ablate configs/tiktok.yaml --out $OUT/$p --seeds "$SEEDS" data.path=data/tiktok-cold20 \
+        model.scorer=mf ;;
       synth-planted|synth-control)
         data=bench_out/synth/${p#synth-}; flag=""; [ "$p" = synth-planted ] && flag=--planted-fusion
         [ -f "$data/dataset.json" ] || $PY -m metammf_dist synth "$data" --users 6000 --items 3000 --interactions 120000 \
           --modality image:64 --modality text:64 --clusters 16 --cold-items 0.2 --seed 1 --dtype float32 $flag
-        ablate configs/ablation/synth.yaml --out $OUT/$p --seeds "$SEEDS" data.path="$data" ;;
+        variants=meta,cp,static,id; [ "$p" = synth-control ] && variants=meta,static  # the control: meta vs static
+        ablate configs/ablation/synth.yaml --out $OUT/$p --seeds "$SEEDS" --variants $variants data.path="$data" ;;
       *) echo "unknown part $p" >&2; exit 2 ;;
     esac
   done
