@@ -35,6 +35,8 @@ def parameter_counts(model: nn.Module) -> Dict[str, int]:
 
 def fusion_layer_parameters(kind: str, in_dim: int, out_dim: int, meta_dim: int, cp_rank: int) -> int:
     """Parameters of one fusion layer (see the shapes in ``fusion.py``)."""
+    if kind == "none":  # the ID-only model has no fusion layers
+        return 0
     static = in_dim * out_dim + out_dim  # M, bias
     if kind == "static":
         return static
