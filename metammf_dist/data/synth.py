@@ -37,9 +37,7 @@ decides how its modalities combine:
   ``w_i = onehot(argmax g_i)`` over the modality latents: a multiplicative, item-dependent function of the
   features, in which the gate (read from the features) switches between modality-specific maps - what a meta
   fusion layer ``W_i = M + Σ_k s_ik T_k`` expresses with ``s_i`` tracking the gate, and one static MLP can only
-  approximate.  (A first version drew ``m_i ~ Categorical(g_i)``; the extra randomness left the learned
-  fusions of every kind near an equal-weights mixture: docs/results/meta_evidence.md.)  ``Planted.gate`` is the
-  target of the meta-vector probe (``ablation/probe.py``).
+  approximate.  ``Planted.gate`` is the target of the meta-vector probe (``ablation/probe.py``).
 
 Streaming: item features are generated ``item_chunk`` items at a time straight into the feature store;
 interactions ``~draw_chunk`` draws at a time straight into Parquet.  Each chunk has its own RNG stream
