@@ -104,3 +104,17 @@ def test_wide_table_quotes_means_and_paired_intervals():
     diff = paired_difference({1: 0.122, 2: 0.134, 3: 0.146}, {1: 0.11, 2: 0.12, 3: 0.13})
     assert table[2] == (f"| meta | 3 | 0.1340 | +{diff.mean:.4f} [+{diff.low:.4f}, +{diff.high:.4f}] * |")
     assert table[3] == "| static | 3 | 0.1200 | – |"
+
+
+def test_static_wide_matches_the_meta_parameter_count():
+    from dataclasses import replace
+
+    from metammf_dist.ablation.runner import wide_static_dims
+    from metammf_dist.config import load_config
+    from metammf_dist.model.summary import count_parameters
+
+    model = load_config("configs/tiktok.yaml").model  # fusion 256 -> 256 -> 32
+    dims = wide_static_dims(model, 256)
+    fusion = lambda cfg: sum(count_parameters(cfg, 1, 1, 256)[k] for k in ("fusion_layers", "meta_learner"))  # noqa: E731
+    assert dims[-1] == 32 and dims[0] > 256
+    assert abs(fusion(replace(model, fusion="static", fusion_dims=dims)) / fusion(replace(model, fusion="meta")) - 1) < 0.01

@@ -1,6 +1,7 @@
 """The seeded ablation runner: every variant trained on the same seeds, one run folder per (variant, seed).
 
-``metammf-dist ablate CONFIG --out DIR --seeds N [--variants meta,cp,static,id] [key=value ...]`` trains
+``metammf-dist ablate CONFIG --out DIR --seeds N [--variants meta,cp,static,id] [key=value ...]`` (variants:
+``VARIANTS`` below; ``static-wide`` on request) trains
 ``CONFIG + overrides + the variant's overrides + train.seed=S`` for S = 1..N, seed by seed (all variants of seed 1,
 then of seed 2, ...: a partial sweep stays paired), each as its own ``train`` process with ``OMP_NUM_THREADS=1``
 (bit-reproducible), in ``DIR/runs/VARIANT-sSEED`` (log beside it: ``VARIANT-sSEED.log``).  After each run:
@@ -8,7 +9,8 @@ then of seed 2, ...: a partial sweep stays paired), each as its own ``train`` pr
 * the meta-vector probe (``probe.py``) of a variant with a meta-learner goes to ``RUN/probe.json``;
 * every checkpoint but the best is removed (the probe and ``evaluate`` read the best);
 * ``DIR/results.csv`` (one row per finished run: its test metrics, best epoch, train seconds, probe R²) and
-  ``DIR/results.md`` (``report.py``) are rewritten from all finished run folders.
+  ``DIR/results.md`` (``report.py``) are rewritten from all finished run folders (so a later invocation with
+  more seeds or another variant adds to the same tables); ``DIR/ablation.json`` lists the invocations.
 
 Resumable: a (variant, seed) whose folder holds ``final_metrics.json`` is skipped; a folder without it (an
 interrupted run) is continued with ``--resume``.  Within a seed the variants share what they can: the batches,
@@ -29,11 +31,14 @@ from metammf_dist.config import ConfigError, load_config
 from metammf_dist.distributed.process_group import child_env, train_command
 from metammf_dist.errors import TrainingError
 
-# variant -> overrides; "{user_id_dim}" is filled from the config
+# variant -> overrides; "{user_id_dim}" and "{wide_dims}" are filled from the config
 VARIANTS: Dict[str, tuple] = {
     "meta": ("model.fusion=meta",),  # W_i = M + Σ_k s_ik T_k
     "cp": ("model.fusion=cp",),  # rank-R CP form (model.cp_rank)
     "static": ("model.fusion=static",),  # one fusion MLP for every item
+    # one static MLP with as many parameters as the meta fusion + meta-learner (hidden widths scaled up): is it
+    # the item-specific weights that help, or the parameter count?
+    "static-wide": ("model.fusion=static", "model.fusion_dims={wide_dims}"),
     # no features at all: ID rows as wide as the user rows, no item kNN graph (it is built from the features)
     "id": ("model.fusion=none", "model.item_id_dim={user_id_dim}", "model.item_knn=0"),
 }
@@ -64,11 +69,45 @@ class Ablation:
 
     def variant_args(self, variant: str, seed: int) -> List[str]:
         cfg = load_config(self.config, list(self.overrides))
-        mine = [o.format(user_id_dim=cfg.model.user_id_dim) for o in VARIANTS[variant]]
+        fill = {"user_id_dim": cfg.model.user_id_dim}
+        if variant == "static-wide":
+            fill["wide_dims"] = "[" + ",".join(map(str, wide_static_dims(cfg.model, self.feat_dim(cfg)))) + "]"
+        mine = [o.format(**fill) for o in VARIANTS[variant]]
         return [*self.overrides, *mine, f"train.seed={seed}", f"run_dir={self.run_dir(variant, seed)}"]
 
     def run_dir(self, variant: str, seed: int) -> Path:
         return Path(self.out) / "runs" / f"{variant}-s{seed}"
+
+    @staticmethod
+    def feat_dim(cfg) -> int:
+        from metammf_dist.data.dataset import Dataset
+
+        return Dataset.open(cfg.data.path, storage_options=cfg.data.storage_options or None).feat_dim
+
+
+def wide_static_dims(model_cfg, feat_dim: int) -> List[int]:
+    """``fusion_dims`` of a static MLP whose hidden widths, scaled by one factor, give it (about) as many parameters
+    as the meta fusion of ``model_cfg`` with its meta-learner; the output width stays.  No hidden layer: unchanged."""
+    from dataclasses import replace
+
+    from metammf_dist.model.summary import count_parameters
+
+    def params(cfg) -> int:
+        counts = count_parameters(cfg, 1, 1, feat_dim)
+        return counts["fusion_layers"] + counts["meta_learner"]
+
+    dims = list(model_cfg.fusion_dims)
+    if len(dims) < 2:
+        return dims
+    target = params(replace(model_cfg, fusion="meta"))
+    lo, hi = 1.0, 2.0
+    scaled = lambda f: [max(1, round(d * f)) for d in dims[:-1]] + [dims[-1]]  # noqa: E731
+    while params(replace(model_cfg, fusion="static", fusion_dims=scaled(hi))) < target:
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if params(replace(model_cfg, fusion="static", fusion_dims=scaled(mid))) < target else (lo, mid)
+    return scaled(hi)
 
 
 def run_ablation(ab: Ablation, log: Callable[[str], None] = print) -> Path:
@@ -76,7 +115,9 @@ def run_ablation(ab: Ablation, log: Callable[[str], None] = print) -> Path:
     ab.validate()
     out = Path(ab.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / PLAN_FILE).write_text(json.dumps(asdict(ab), indent=1) + "\n")
+    plans = json.loads((out / PLAN_FILE).read_text()) if (out / PLAN_FILE).is_file() else []
+    if asdict(ab) not in plans:  # every invocation that added runs here
+        (out / PLAN_FILE).write_text(json.dumps(plans + [asdict(ab)], indent=1) + "\n")
     for seed in ab.seeds:
         for variant in ab.variants:
             run_dir = ab.run_dir(variant, seed)
@@ -118,7 +159,7 @@ def keep_best_checkpoint(run_dir: Path) -> None:
 
 
 def collect(ab: Ablation) -> List[dict]:
-    """One row per finished run folder under ``DIR/runs`` (the plan's variants first, in order; then seeds)."""
+    """One row per finished run folder under ``DIR/runs`` (variants in ``VARIANTS`` order, then seeds)."""
     rows = []
     for run_dir in sorted((Path(ab.out) / "runs").glob("*-s*")):
         final = run_dir / "final_metrics.json"
@@ -135,7 +176,7 @@ def collect(ab: Ablation) -> List[dict]:
             row.update({f"probe_{k}": v for k, v in sorted(json.loads(probe.read_text()).items())
                         if isinstance(v, float)})
         rows.append(row)
-    order = {v: i for i, v in enumerate(ab.variants)}
+    order = {v: i for i, v in enumerate(VARIANTS)}
     return sorted(rows, key=lambda r: (order.get(r["variant"], len(order)), r["variant"], r["seed"]))
 
 

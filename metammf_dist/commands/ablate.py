@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", help="output folder: runs/, results.csv, results.md, ablation.json")
     parser.add_argument("--seeds", type=int, default=8, help="train seeds 1..N (default 8)")
     parser.add_argument("--variants", default="meta,cp,static,id",
-                        help="comma-separated, of meta, cp, static, id (default: all four)")
+                        help="comma-separated, of meta, cp, static, static-wide, id (default: meta,cp,static,id)")
     parser.add_argument("--reference", default="static", help="the variant differences are taken to (default static)")
     parser.add_argument("--report", metavar="CSV", help="only print the tables of an existing results.csv")
     parser.add_argument("--metrics", default=None, metavar="A,B",
