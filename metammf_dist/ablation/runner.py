@@ -116,6 +116,7 @@ def run_ablation(ab: Ablation, log: Callable[[str], None] = print) -> Path:
     out = Path(ab.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     plans = json.loads((out / PLAN_FILE).read_text()) if (out / PLAN_FILE).is_file() else []
+    plans = [plans] if isinstance(plans, dict) else plans  # one invocation, as a single object
     if asdict(ab) not in plans:  # every invocation that added runs here
         (out / PLAN_FILE).write_text(json.dumps(plans + [asdict(ab)], indent=1) + "\n")
     for seed in ab.seeds:
