@@ -58,8 +58,8 @@ def test_probe_r2_known_answers():
     assert cross_fitted_r2(x, two) == pytest.approx(1 / 3, abs=0.05)  # var(x1) = 1, var(x2²) = 2
 
 
-SMALL_RUN = [f"train.graph_backend={GRAPH_BACKEND}", "model.fusion_dims=[16,8]", "model.item_id_dim=8",
-             "model.user_id_dim=16", "model.meta_hidden=16", "train.batch_size=512", "train.fanouts=[5,5]",
+SMALL_RUN = [f"train.graph_backend={GRAPH_BACKEND}", "model.scorer=mf", "model.fusion_dims=[16,8]",
+             "model.item_id_dim=8", "model.user_id_dim=16", "model.meta_hidden=16", "train.batch_size=512",
              "model.item_knn=3", "data.cache_mb=16", "train.epochs=2"]
 
 
