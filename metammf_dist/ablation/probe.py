@@ -16,6 +16,10 @@ so a map that merely memorizes cannot score.  Targets:
 
 Each target also gets ``<target>_r2_features``: the same probe from the standardized features themselves (all
 of them, so a linear reference for how linearly readable the target is at all).
+
+How item-specific the fusion is at all: ``meta_effect`` = the mean over items of
+``||f(x_i; s_i) - f(x_i; s̄)|| / ||f(x_i; s_i)||``, the relative change of an item's fusion output when its own meta
+vector is replaced by the average item's ``s̄`` (0: the fusion is one static network in effect).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import torch
 from metammf_dist.train.restore import restore
 
 PROBE_SEED = 0
+PROBE_VERSION = 2  # the runner re-probes runs whose probe.json is older
 
 
 def cross_fitted_r2(x: np.ndarray, y: np.ndarray, folds: int = 2, seed: int = PROBE_SEED) -> float:
@@ -83,19 +88,29 @@ def item_table(model, store, num_items: int, chunk: int = 8192):
     return np.concatenate(metas), np.concatenate(feats)
 
 
+@torch.no_grad()
+def fusion_meta_effect(fusion, x: torch.Tensor, s: torch.Tensor) -> float:
+    """Mean relative change of the fusion output when each item's ``s_i`` is replaced by the mean ``s̄``."""
+    own = fusion(x, s)
+    average = fusion(x, s.mean(0, keepdim=True).expand_as(s))
+    return float(((own - average).norm(dim=1) / own.norm(dim=1).clamp_min(1e-12)).mean())
+
+
 def probe_run(run_dir: str, data_path: Optional[str] = None) -> dict:
     """The probes of the run in ``run_dir`` (its best checkpoint); ``{}`` for a fusion kind without meta-learner."""
     cfg, ds, store, _, model, tag = restore(run_dir, data_path)
     if model.meta_learner is None:
         return {}
     s, feats = item_table(model, store, ds.num_items, cfg.eval.item_chunk)
+    meta_effect = fusion_meta_effect(model.fusion, torch.from_numpy(feats).to(model.item_emb.weight.dtype),
+                                     torch.from_numpy(s).to(model.item_emb.weight.dtype))
     _, train_items = ds.interactions("train")
     targets = {"dominance": modality_dominance(feats, ds.modalities),
                "popularity": np.log1p(np.bincount(train_items, minlength=ds.num_items))}
     gate = planted_gate(ds.meta)
     if gate is not None:
         targets["gate"] = gate
-    out = {"checkpoint": tag, "meta_dim": int(s.shape[1])}
+    out = {"checkpoint": tag, "meta_dim": int(s.shape[1]), "meta_effect": meta_effect, "version": PROBE_VERSION}
     for name, y in targets.items():
         out[f"{name}_r2"] = cross_fitted_r2(s, y)
         out[f"{name}_r2_features"] = cross_fitted_r2(feats, y)

@@ -25,6 +25,7 @@ from metammf_dist.ablation.stats import paired_difference
 
 METRICS = ("recall@20", "ndcg@20", "warm_recall@20", "warm_ndcg@20", "cold_recall@20", "cold_ndcg@20",
            "cold_all_recall@20", "cold_all_ndcg@20", "probe_gate_r2", "probe_dominance_r2", "probe_popularity_r2",
+           "probe_meta_effect",
            "best_epoch", "train_seconds")
 
 

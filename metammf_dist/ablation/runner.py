@@ -6,7 +6,8 @@
 then of seed 2, ...: a partial sweep stays paired), each as its own ``train`` process with ``OMP_NUM_THREADS=1``
 (bit-reproducible), in ``DIR/runs/VARIANT-sSEED`` (log beside it: ``VARIANT-sSEED.log``).  After each run:
 
-* the meta-vector probe (``probe.py``) of a variant with a meta-learner goes to ``RUN/probe.json``;
+* the meta-vector probe (``probe.py``) of a variant with a meta-learner goes to ``RUN/probe.json`` (finished runs
+  whose probe predates ``probe.PROBE_VERSION`` are probed again from their best checkpoint);
 * every checkpoint but the best is removed (the probe and ``evaluate`` read the best);
 * ``DIR/results.csv`` (one row per finished run: its test metrics, best epoch, train seconds, probe R²) and
   ``DIR/results.md`` (``report.py``) are rewritten from all finished run folders (so a later invocation with
@@ -123,6 +124,8 @@ def run_ablation(ab: Ablation, log: Callable[[str], None] = print) -> Path:
         for variant in ab.variants:
             run_dir = ab.run_dir(variant, seed)
             if (run_dir / "final_metrics.json").is_file():
+                if variant in WITH_META_LEARNER and not probe_is_current(run_dir):
+                    write_probe(run_dir)
                 continue
             log(f"ablate: {variant} seed {seed} -> {run_dir}")
             train_one(ab, variant, seed)
@@ -140,10 +143,21 @@ def train_one(ab: Ablation, variant: str, seed: int) -> None:
     if proc.returncode != 0:
         raise TrainingError(f"ablate: {variant} seed {seed} failed (exit {proc.returncode}); see {log_path}")
     if variant in WITH_META_LEARNER:
-        from metammf_dist.ablation.probe import probe_run
-
-        (run_dir / "probe.json").write_text(json.dumps(probe_run(str(run_dir)), indent=1, sort_keys=True) + "\n")
+        write_probe(run_dir)
     keep_best_checkpoint(run_dir)
+
+
+def write_probe(run_dir: Path) -> None:
+    from metammf_dist.ablation.probe import probe_run
+
+    (run_dir / "probe.json").write_text(json.dumps(probe_run(str(run_dir)), indent=1, sort_keys=True) + "\n")
+
+
+def probe_is_current(run_dir: Path) -> bool:
+    from metammf_dist.ablation.probe import PROBE_VERSION
+
+    path = run_dir / "probe.json"
+    return path.is_file() and json.loads(path.read_text()).get("version") == PROBE_VERSION
 
 
 def keep_best_checkpoint(run_dir: Path) -> None:
