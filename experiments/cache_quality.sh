@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7: test Recall@20 with and without the fusion cache, same seed and data (100k-item synthetic catalog,
+# Test Recall@20 with and without the fusion cache, same seed and data (100k-item synthetic catalog,
 # one epoch, every test user ranked).  bash experiments/cache_quality.sh [K] [ITEMS] [key=value ...]   (~8 min on 2 cores)
 # Extra key=value overrides apply to the cached run only, e.g. train.gcn_history=true (layer histories);
 # REUSE_NOCACHE=1 keeps an earlier no-cache run of the same catalog instead of training it again.
@@ -14,10 +14,10 @@ DATA=bench_out/scale/data/synth-i${ITEMS}-u${ITEMS}-e$((ITEMS * 10))-image128-te
   --interactions $((ITEMS * 10)) --modality image:128 --modality text:256 --seed 1
 mkdir -p runs
 $PY -m metammf_dist train configs/scale/base.yaml data.path="$DATA" run_dir="runs/cache-quality-$TAG" \
-  train.fusion_cache_refresh="$K" eval.max_users=0 "${EXTRA[@]}" | tail -1 > "runs/cache-quality-$TAG.json"
+  train.fusion_cache_refresh="$K" eval.max_users=0 "${EXTRA[@]}" --overwrite | tail -1 > "runs/cache-quality-$TAG.json"
 if [ -z "${REUSE_NOCACHE:-}" ] || [ ! -s runs/cache-quality-k0.json ]; then  # REUSE_NOCACHE=1: keep a finished one
   $PY -m metammf_dist train configs/scale/base.yaml data.path="$DATA" run_dir="runs/cache-quality-k0" \
-    train.fusion_cache_refresh=0 eval.max_users=0 | tail -1 > "runs/cache-quality-k0.json"
+    train.fusion_cache_refresh=0 eval.max_users=0 --overwrite | tail -1 > "runs/cache-quality-k0.json"
 fi
 $PY - "$TAG" "${EXTRA[*]}" <<'PYEOF'
 import json, sys

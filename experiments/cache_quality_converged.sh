@@ -27,7 +27,8 @@ for seed in "${SEEDS[@]}"; do
   for mode in ${RUN_MODES:-nocache cache history}; do
     # shellcheck disable=SC2086
     $PY -m metammf_dist train configs/scale/base.yaml data.path="$DATA" run_dir="$OUT/$mode-s$seed" \
-      train.seed="$seed" train.epochs="$EPOCHS" train.patience="$PATIENCE" eval.max_users=0 ${MODES[$mode]} | tail -1 > "$OUT/$mode-s$seed.json"
+      train.seed="$seed" train.epochs="$EPOCHS" train.patience="$PATIENCE" eval.max_users=0 ${MODES[$mode]} --overwrite \
+      | tail -1 > "$OUT/$mode-s$seed.json"
   done
 done
 $PY - "$OUT" <<'PYEOF'

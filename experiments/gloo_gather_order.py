@@ -1,4 +1,4 @@
-"""Do gloo's asynchronous all-gathers finish in launch order?  (README, "ZeRO-3 on CPU".)
+"""Do gloo's asynchronous all-gathers finish in launch order?  (docs/design/zero3_gloo.md.)
 
 Two gloo processes each launch 24 async ``all_gather_into_tensor`` calls (the small test model's persistent
 parameter sizes: two ID tables, then 22 small tensors), wait on the LAST handle only -- what DeepSpeed 0.18.2's

@@ -1,4 +1,4 @@
-"""Where a training step's time goes (the README's 1M-item breakdown), and what a dense Adam step over the ID
+"""Where a training step's time goes (docs/results/scaling.md's 1M-item breakdown), and what a dense Adam step over the ID
 tables alone costs at that size.
 
     .venv/bin/python experiments/profile_step.py DATA_PATH [--steps 5] [key=value ...]

@@ -17,7 +17,7 @@ if [ ! -f "$DATA/dataset.json" ]; then
 fi
 mkdir -p "$(dirname "$OUT")"
 $PY -m metammf_dist train configs/scale/base.yaml data.path="$DATA" run_dir="$OUT" \
-  train.fusion_cache_refresh=400 train.max_steps_per_epoch=1200 eval.max_users=20000 "${@:2}"
+  train.fusion_cache_refresh=400 train.max_steps_per_epoch=1200 eval.max_users=20000 "${@:2}" --overwrite
 $PY -m metammf_dist evaluate "$OUT" --popularity | tee "$OUT/test_vs_popularity.json"
 $PY - "$OUT" <<'PYEOF'
 import json, sys

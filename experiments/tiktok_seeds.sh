@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Seed spread of one TikTok config: trains configs/tiktok.yaml + OVERRIDES once per seed (two runs at a time,
 # one thread each: OMP_NUM_THREADS=1 makes every run bit-reproducible), then prints each seed's best valid
-# Recall@20 and test Recall@20 / NDCG@20, and their means (minimum in brackets).  What the README's TikTok
+# Recall@20 and test Recall@20 / NDCG@20, and their means (minimum in brackets).  What docs/results/tiktok.md's
 # tables were made with.  Run folders: runs/seeds/NAME-sSEED (checkpoints removed afterwards).
 #   bash experiments/tiktok_seeds.sh NAME [key=value ...]          SEEDS="2023 7 11 13" by default
 #   e.g. SEEDS="1 2 3 4" bash experiments/tiktok_seeds.sh config   /   bash experiments/tiktok_seeds.sh sage model.gcn_type=sage \
@@ -14,7 +14,7 @@ export TORCH_EXTENSIONS_DIR="$PWD/.torch_extensions" OMP_NUM_THREADS=1
 out=runs/seeds; mkdir -p "$out"
 for ((k = 0; k < ${#seeds[@]}; k += 2)); do
   for seed in "${seeds[@]:k:2}"; do
-    .venv/bin/metammf-dist train configs/tiktok.yaml "train.seed=$seed" "run_dir=$out/$name-s$seed" "$@" \
+    .venv/bin/python -m metammf_dist train configs/tiktok.yaml "train.seed=$seed" "run_dir=$out/$name-s$seed" "$@" --overwrite \
       > "$out/$name-s$seed.log" 2>&1 &
   done
   wait

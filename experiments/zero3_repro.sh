@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproducibility of 2-rank runs (README, "ZeRO-3 on CPU"): N identical 2-rank trainings of the TikTok config
+# Reproducibility of 2-rank runs (docs/design/zero3_gloo.md): N identical 2-rank trainings of the TikTok config
 # with the small test model on a 300 x 200 synthetic catalog; prints, per run, a hash of its per-step training
 # losses, its in-training test NDCG@10 and that of `evaluate` on its checkpoint (one process, no engine), then
 # how many distinct results there were (1 = reproducible) and how many runs' two NDCG@10 values differ.

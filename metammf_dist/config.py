@@ -43,6 +43,8 @@ class ModelConfig:
     gcn_combine: str = "last"  # last | mean  (mean: average of layer-0..L representations)
     gcn_type: str = "sage"  # sage: GraphSAGE-mean layers (paper) | light: LightGCN propagation (no weights)
     id_init_std: float = 0.1  # ID embeddings start ~ N(0, std²)
+    id_init: str = "normal"  # normal: torch's global generator | blocks: seeded row blocks, any range drawn alone
+    #                          (the same rows whatever the placement or world size; needed by train.id_tables=sharded)
     item_knn: int = 0  # 0 = off; k > 0: item vectors add the mean ID row of the item's k nearest items by features
     item_knn_at: str = "output"  # output: added to the scorer's item vectors; input: to the layer-0 ID part (GCN input)
 
@@ -66,8 +68,11 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = full epoch (benchmarks and smoke tests cap it)
     log_every: int = 10
     graph_backend: str = "dgl"  # dgl | torch (torch-only graph, sampler and GCN path: no DGL needed)
+    tf32: bool = True  # fp32 matmuls may use TF32 on GPUs that have it (false: full fp32); bf16 is the DeepSpeed JSON's
     fusion_cache_refresh: int = 0  # 0 = off; K > 0: neighbour items read a fusion cache refreshed every K steps
-    id_tables: str = "dense"  # dense: inside the DeepSpeed engine (ZeRO); sparse: outside it, lazy row-wise Adam
+    id_tables: str = "dense"  # dense: inside the DeepSpeed engine (ZeRO); sparse: outside it, replicated, updated row by
+    #                           row; sharded: row-sharded across ranks on TorchRec (the latest lane)
+    id_optimizer: str = "adam"  # sparse / sharded tables: adam (lazy; sharded: CUDA only) | rowwise_adagrad
     id_lr: float = 0.0  # learning rate of sparse ID tables (0 = train.lr); a row is updated only when it is looked up
     lr_schedule: str = "constant"  # constant | cosine (train.lr -> train.lr * lr_min_ratio over train.epochs)
     lr_min_ratio: float = 0.0  # cosine: the last step's rate as a fraction of train.lr
@@ -165,7 +170,9 @@ _CHOICES = {
     "model.gcn_type": ("sage", "light"),
     "train.sampler": ("neighbor", "full"),
     "train.graph_backend": ("dgl", "torch"),
-    "train.id_tables": ("dense", "sparse"),
+    "train.id_tables": ("dense", "sparse", "sharded"),
+    "train.id_optimizer": ("adam", "rowwise_adagrad"),
+    "model.id_init": ("normal", "blocks"),
     "train.lr_schedule": ("constant", "cosine"),
 }
 
@@ -246,6 +253,16 @@ def validate(cfg: Config) -> Config:
             f"2+ layers (got train.fusion_cache_refresh={cfg.train.fusion_cache_refresh}, "
             f"model.gcn_layers={cfg.model.gcn_layers}); set train.fusion_cache_refresh=K or gcn_history=false"
         )
+    if cfg.train.id_tables == "sharded":
+        if cfg.model.id_init != "blocks":
+            raise ConfigError("config key 'model.id_init': train.id_tables=sharded draws each rank's rows alone, which "
+                              "needs model.id_init=blocks")
+        if cfg.train.gcn_history:
+            raise ConfigError("config key 'train.gcn_history': layer histories read the whole user table; they need "
+                              "train.id_tables=dense or sparse")
+        if cfg.model.item_knn > 0:
+            raise ConfigError("config key 'model.item_knn': the item kNN graph reads neighbours' ID rows outside the "
+                              "row ranges the sharded evaluation holds; it needs train.id_tables=dense or sparse")
     if cfg.train.gcn_history and cfg.model.gcn_type != "sage":
         raise ConfigError("config key 'train.gcn_history': layer histories are written for model.gcn_type=sage "
                           f"(got {cfg.model.gcn_type!r})")

@@ -31,6 +31,20 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def pss_bytes() -> Optional[int]:
+    """This process's proportional set size (``/proc/self/smaps_rollup``): each page shared by k processes counts
+    1/k, so the ranks of a node sum to the node's memory (RSS counts a shared page in every process); None where
+    the kernel has no rollup."""
+    try:
+        with open("/proc/self/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def reset_peak_rss() -> bool:
     """Restart VmHWM from the current RSS; False where that is not possible."""
     try:

@@ -3,7 +3,7 @@
 #
 # Horovod 0.28.1 (its last release) does not build as released against torch >= 2: its top-level and
 # horovod/torch CMakeLists set CMAKE_CXX_STANDARD 14 while torch's headers need C++17.  This script unpacks
-# the sdist under build/horovod/, raises both to 17 and pip-installs the patched tree.  It takes ~15 min on
+# the sdist under build/horovod/, raises both to 17 and pip-installs the patched tree.  It takes ~11 min on
 # 2 cores (MAKEFLAGS=-j2 by default; set MAKEFLAGS yourself to change it) and needs g++ and cmake >= 3.13
 # (cmake comes from PyPI into the venv when the system has none).  Idempotent: exits at once when
 # horovod.torch 0.28.1 already imports with Gloo built in.  scripts/setup_latest.sh runs it; see metammf_dist/hvd/.

@@ -19,7 +19,15 @@ pip=($V/bin/python -m pip --disable-pip-version-check)
 "${pip[@]}" install -q -c "$C" torch
 "${pip[@]}" install -q -c "$C" --no-build-isolation deepspeed
 "${pip[@]}" install -q -c "$C" --no-build-isolation -e ".[dev]"
-"${pip[@]}" check
+# TorchRec on CPU: FBGEMM's CPU build, then torchrec without its 'fbgemm-gpu' requirement (the CUDA build)
+"${pip[@]}" install -q -c "$C" fbgemm-gpu-cpu tensordict torchmetrics pyre-extensions
+"${pip[@]}" install -q -c "$C" --no-deps torchrec
+# pip check: clean but for the one requirement installed as its CPU build (fbgemm-gpu-cpu provides fbgemm_gpu)
+check=$("${pip[@]}" check 2>&1 || true)
+if [ -n "$(echo "$check" | grep -v '^torchrec .* requires fbgemm-gpu, which is not installed\.$' | grep -v '^No broken requirements found\.$')" ]; then
+  echo "$check" >&2; exit 1
+fi
+$V/bin/python -c "import torchrec, fbgemm_gpu" || { echo "$V: torchrec / fbgemm_gpu do not import" >&2; exit 1; }
 if $V/bin/python -c "import dgl" 2>/dev/null; then echo "$V has DGL installed; the latest lane must not" >&2; exit 1; fi
 bash scripts/build_horovod.sh
 echo "$want" > "$stamp"

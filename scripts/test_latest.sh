@@ -23,11 +23,14 @@ LATEST_TESTS=(
   tests/test_data_synth.py
   tests/test_fusion_cache.py
   tests/test_sparse_ids.py
+  tests/test_sharded_ids.py
   tests/test_scaling.py
   tests/test_gcn_history.py
   tests/test_hvd.py
   tests/test_reliability.py
   tests/test_layout.py
+  tests/test_precision.py
+  tests/test_shared_graph.py
   tests/test_cold_items.py
   tests/test_ablation.py
 )

@@ -48,7 +48,7 @@ def describe(exc: BaseException) -> str:
              "ConnectTimeoutError": "the endpoint did not answer in time",
              "PermissionError": "permission denied"}
     if name in hints:
-        return f"{hints[name]}: {exc}"
+        return f"{hints[name]} ({name}: {exc})"
     return f"{name}: {exc}"
 
 

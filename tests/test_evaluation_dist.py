@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from metammf_dist.evaluation import build_csr, evaluate_full_ranking, evaluate_popularity, merge_csr
+from metammf_dist.evaluation.ranking import evaluate_item_sharded
 
 TIKTOK = SHARED_DATA / "tiktok" / "tiktok.inter"
 WORLD_SIZE = 2
@@ -55,13 +56,26 @@ def run_cases(group=None):
     return results
 
 
+def item_sharded_cases(rank: int = 0, world_size: int = 1):
+    """``evaluate_item_sharded`` on the same inputs, this rank holding items [lo, hi) of the row-wise split."""
+    from metammf_dist.distributed.sharded_ids import row_range
+
+    user_vecs, item_vecs, exclude, truth = random_inputs()
+    lo, hi = row_range(item_vecs.shape[0], rank, world_size)
+    return [evaluate_item_sharded(lambda ids: user_vecs[ids], item_vecs[lo:hi], lo, item_vecs.shape[0], exclude,
+                                  truth, torch.arange(user_vecs.shape[0]), ks=(5, 20), user_chunk=c)
+            for c in CHUNKS]
+
+
 def worker(rank, out_dir):
     torch.set_num_threads(1)
     init_rank(rank, WORLD_SIZE, out_dir)
     default_group = run_cases()
     group = dist.new_group(ranks=list(range(WORLD_SIZE)))
     explicit_group = run_cases(group=group)
-    torch.save({"default": default_group, "explicit": explicit_group}, Path(out_dir) / f"rank{rank}.pt")
+    sharded = item_sharded_cases(rank, WORLD_SIZE)
+    torch.save({"default": default_group, "explicit": explicit_group, "items": sharded},
+               Path(out_dir) / f"rank{rank}.pt")
     leave()
 
 
@@ -76,3 +90,6 @@ def test_two_ranks_match_one_rank_exactly(tmp_path):
         saved = torch.load(tmp_path / f"rank{rank}.pt")
         assert saved["default"] == expected, f"rank {rank} (default group) differs from 1 rank"
         assert saved["explicit"] == expected, f"rank {rank} (explicit group) differs from 1 rank"
+        # items cut across the ranks, per-user top-K merged: the same ranked lists, so the same metrics
+        assert saved["items"] == expected[:len(CHUNKS)], f"rank {rank} (item-sharded) differs from 1 rank"
+    assert item_sharded_cases() == expected[:len(CHUNKS)]  # one rank holding every item

@@ -177,6 +177,37 @@ def test_plan_names_what_must_be_sharded_at_100m_items_on_64_gpus(config):
     assert "partition the graph" in advice
 
 
+def test_row_sharded_tables_and_evaluation_fit_100m_items_on_64_gpus(config):
+    """With the ID tables, the fusion cache and evaluation cut across ranks, the same catalog fits the device budget,
+    per-rank device memory falls as ranks are added, and the table output ends with the one-line verdict."""
+    from metammf_dist.commands import plan as cli_plan
+    from metammf_dist.config import load_config
+    from metammf_dist.planner.memory import Workload, plan_memory, smallest_world_size
+
+    sharded = ["model.fusion_dims=[1024,512,256,32]", "train.id_tables=sharded", "model.id_init=blocks",
+               "train.id_optimizer=rowwise_adagrad", "train.fusion_cache_refresh=1000"]
+    parser = argparse.ArgumentParser()
+    cli_plan.add_arguments(parser)
+    args = parser.parse_args([config, *sharded, "--world-size", "64", "--zero-stage", "3", "--device", "cuda",
+                              "--users", "100000000", "--items", "100000000", "--interactions", "1000000000",
+                              "--feat-dim", "384", "--mem-per-rank-gb", "80"])
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert cli_plan.run(args) == 0
+    line = json.loads(buf.getvalue().strip().splitlines()[-1])
+    assert line["fits"] and line["peak_gib_per_rank"] <= 80 and line["largest_items_that_fit"] > 100_000_000
+    assert 1 < line["smallest_world_size"] <= 64
+    assert any(k.startswith("ID tables + row-wise Adagrad") for k in line["components_gib"])
+    cfg = load_config(config, sharded)
+    wl = Workload(100_000_000, 100_000_000, 1_000_000_000, 384)
+    peaks = [plan_memory(cfg, wl, n, 3, device="cuda").peak("device") for n in (16, 32, 64)]
+    assert peaks[0] > peaks[1] > peaks[2]
+    n = line["smallest_world_size"]
+    assert plan_memory(cfg, wl, n, 3, device="cuda").peak("device") <= 80 * 2**30
+    assert plan_memory(cfg, wl, n - 1, 3, device="cuda").peak("device") > 80 * 2**30
+    assert smallest_world_size(cfg, wl, 80 * 2**30, 3, device="cuda", where="device") == n
+
+
 def test_sparse_id_tables_and_fusion_cache_change_what_is_planned(config):
     from metammf_dist.config import load_config
     from metammf_dist.planner.memory import Workload, plan_memory

@@ -38,13 +38,13 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
+from metammf_dist.bench import MEMORY_ENV
 from metammf_dist.procmem import reset_peak_rss, status_bytes
 
 PAPER_IN_DIM = 2276
 PAPER_DIMS = (1024, 512, 256, 32)
 VARIANTS = ("naive", "meta", "cp", "meta_learner")  # the last is context: the part all three share
 FLOAT32_BYTES = 4
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 # naive ÷ ours per item that the project aims for: (memory, time)
 TARGETS = {"meta": (100.0, 20.0), "cp": (300.0, 100.0)}
 

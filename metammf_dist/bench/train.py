@@ -50,8 +50,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from metammf_dist.bench import MEMORY_ENV
+
 REPO = Path(__file__).resolve().parents[2]
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 MODES = ("neighbor", "full", "cached")  # cached: neighbor + fusion cache refreshed once per epoch
 TARGETS = {"kwai_epoch_speedup": 3.0, "kwai_peak_mem_ratio": 5.0}
 

@@ -1,4 +1,4 @@
-"""``metammf-dist bench {features,fusion,train,sampler,eval,fullstep}``: benchmark commands.
+"""``metammf-dist bench {features,fusion,train,sampler,eval,fullstep,shard}``: benchmark commands.
 
 Each benchmark measures its baseline and our implementation side by side in one run and ends with one
 JSON line of ratios.  Each lives in its own module with ``add_arguments(parser)`` and ``run(args)``.
@@ -14,6 +14,7 @@ BENCHMARKS = {
     "sampler": "metammf_dist.bench.sampler",
     "eval": "metammf_dist.bench.evaluation",
     "fullstep": "metammf_dist.bench.fullstep",
+    "shard": "metammf_dist.bench.shard",
 }
 
 

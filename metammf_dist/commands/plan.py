@@ -57,6 +57,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allocator", default="glibc", choices=("glibc", "live"),
                         help="glibc: the default malloc (adds the heap it retains); live: RSS tracks live bytes "
                              "(MALLOC_MMAP_THRESHOLD_=65536 or jemalloc)")
+    parser.add_argument("--ranks-per-node", type=int, default=None,
+                        help="ranks sharing a machine's memory-mapped train graph (default: all on CPU, 8 on GPUs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
@@ -121,14 +123,20 @@ def shard_advice(plan: mem.Plan, budget: float) -> List[str]:
     per_elem = 8 if plan.zero_stage == 3 else (16 if plan.zero_stage == 0 else 8)
     what = {0: "params + grads + Adam, replicated", 1: "params + grads, replicated", 2: "params + grads, replicated",
             3: "gathered whole for its forward + its full gradient"}[plan.zero_stage]
-    if plan.params.get("id_tables") == "sparse":
-        per_elem, what = 12, "outside ZeRO: weights + lazy Adam m, v, replicated"
+    tables, adam = plan.params.get("id_tables"), plan.params.get("id_optimizer", "adam") == "adam"
+    state = "lazy Adam m, v" if adam else "row-wise Adagrad (one float per row)"
+    if tables == "sparse":
+        per_elem, what = (12 if adam else 4), f"outside ZeRO: weights + {state}, replicated"
+    if tables == "sharded":
+        per_elem, what = (12 if adam else 4) / plan.world_size, f"row-sharded: 1/{plan.world_size} of the rows per rank"
+    remedy = ("already row-sharded: more ranks" if tables == "sharded" else
+              "must be row-sharded (train.id_tables=sharded: each rank owns rows, a step gathers only the rows its "
+              "batch touches)")
     for name, numel in (("user ID table", cfg_counts["user_id"]), ("item ID table", cfg_counts["item_id"])):
         nbytes = per_elem * numel
         if nbytes > SHARD_FRACTION * budget:
             out.append(f"{name}: {numel:,} parameters -> {_size(nbytes)} per rank ({what}) > "
-                       f"{SHARD_FRACTION:.0%} of {_size(budget)}: must be row-sharded (each rank owns rows, a step "
-                       f"gathers only the rows its batch touches, sparse row updates)")
+                       f"{SHARD_FRACTION:.0%} of {_size(budget)}: {remedy}")
     chunk = [c for c in plan.components if c.name == "ranking: score chunks"]
     if chunk and chunk[0].bytes > SHARD_FRACTION * budget:
         per_user = chunk[0].bytes / max(1, min(plan.workload.num_users, _user_chunk(plan)))
@@ -140,9 +148,9 @@ def shard_advice(plan: mem.Plan, budget: float) -> List[str]:
         out.append(f"evaluation's full-graph pass: {_size(pass_[0].bytes)} per rank ({pass_[0].note}, every rank "
                    f"computes every vector): split the vectors and the GCN pass across ranks")
     graph = sum(c.bytes for c in plan.components if c.phase == "persistent" and
-                any(k in c.name for k in ("interactions", "sampler", "epoch", "CSC", "blocks")))
+                any(k in c.name for k in ("interactions", "graph", "sampler", "epoch", "CSC", "blocks")))
     if graph > SHARD_FRACTION * budget:
-        out.append(f"interactions + graph structures: {_size(graph)} per rank (replicated on every rank) > "
+        out.append(f"interactions + graph structures: {_size(graph)} per rank (the graph shared per machine, the rest per rank) > "
                    f"{SHARD_FRACTION:.0%} of the budget: partition the graph across ranks (e.g. DistDGL)")
     return out
 
@@ -161,12 +169,12 @@ def run(args) -> int:
     blocks = None
     if args.probe_steps > 0:
         blocks = mem.probe_blocks(cfg, args.probe_steps, args.world_size)
-    plan = mem.plan_memory(cfg, workload, args.world_size, stage, offload, args.device, blocks=blocks,
-                           baseline_bytes=baseline, ds_config=ds_config, allocator=args.allocator)
+    per_node = _ranks_per_node(args)  # the search for a world size keeps this many ranks per machine
+    same = dict(baseline_bytes=baseline, ds_config=ds_config, allocator=args.allocator, ranks_per_node=per_node)
+    plan = mem.plan_memory(cfg, workload, args.world_size, stage, offload, args.device, blocks=blocks, **same)
     where = "device" if args.device != "cpu" else None
     budget = _budget(args)
-    fit = mem.largest_catalog(cfg, workload, budget, args.world_size, stage, offload, args.device, where=where,
-                              baseline_bytes=baseline, ds_config=ds_config, allocator=args.allocator)
+    fit = mem.largest_catalog(cfg, workload, budget, args.world_size, stage, offload, args.device, where=where, **same)
     result = {
         "world_size": args.world_size, "zero_stage": stage, "offload": offload, "device": args.device,
         "num_users": workload.num_users, "num_items": workload.num_items,
@@ -181,6 +189,8 @@ def run(args) -> int:
         "largest_interactions": fit.num_interactions if fit else 0,
         "fits": plan.peak(where) <= budget,
         "must_shard": [] if plan.peak(where) <= budget else shard_advice(plan, budget),
+        "smallest_world_size": mem.smallest_world_size(cfg, workload, budget, stage, offload, args.device,
+                                                       where=where, **same),
     }
     if args.measure_steps > 0:
         measured = measure_training_peak(args.config, _measure_overrides(args), args.world_size, args.measure_steps,
@@ -202,6 +212,8 @@ def run(args) -> int:
           f"training alone {_size(plan.train_peak())}")
     if args.device != "cpu":
         print(f"  device {_size(plan.peak('device'))}, host {_size(plan.peak('host'))} per rank")
+    print(f"  host per machine ({per_node} rank(s) on it, the train graph mapped once): "
+          f"{_size(per_node * plan.peak('host'))}")
     if fit is None:
         print(f"largest catalog within {_size(budget)} per rank: none (the runtime and the model alone exceed it)")
     else:
@@ -215,7 +227,30 @@ def run(args) -> int:
     if "measured_peak_bytes" in result:
         print(f"measured peak RSS per rank ({args.measure_steps} steps + evaluation): "
               f"{_size(result['measured_peak_bytes'])}; plan {result['plan_error']:+.1%}")
+    smallest = result["smallest_world_size"]
+    print(f"smallest world size within {_size(budget)} per rank{' (device memory)' if where else ''}: "
+          f"{smallest if smallest else 'none up to 65,536 ranks'}")
+    line = summary_line(plan, result, where)
+    line["host_gib_per_node"] = round(per_node * plan.peak("host") / GIB, 3)
+    print(json.dumps(line))
     return 0
+
+
+def _ranks_per_node(args) -> int:
+    return args.ranks_per_node or (args.world_size if args.device == "cpu" else min(args.world_size, 8))
+
+
+def summary_line(plan: mem.Plan, result: dict, where) -> dict:
+    """The one JSON line ``plan`` ends with: the verdict, the peaks and every component's GiB (its largest phase)."""
+    components = {}
+    for c in plan.components:
+        key = f"{c.name} [{c.where}]"
+        components[key] = max(components.get(key, 0.0), round(c.bytes / GIB, 4))
+    return {"fits": result["fits"], "peak_gib_per_rank": round(plan.peak(where) / GIB, 3),
+            "device_peak_gib_per_rank": round(plan.peak("device") / GIB, 3),
+            "host_peak_gib_per_rank": round(plan.peak("host") / GIB, 3), "budget_gib": round(result["budget_bytes"] / GIB, 3),
+            "largest_items_that_fit": result["largest_items"], "smallest_world_size": result["smallest_world_size"],
+            "world_size": result["world_size"], "components_gib": components}
 
 
 def _budget(args) -> float:

@@ -36,6 +36,12 @@ def run(args) -> int:
     if args.sampler:
         overrides.append(f"train.sampler={args.sampler}")
     cfg = require_data_path(load_config(args.config, overrides))
+    if cfg.train.id_tables == "sharded":  # before any process group: one line in the DGL lane
+        from metammf_dist.distributed.sharded_ids import torchrec_missing
+
+        reason = torchrec_missing()
+        if reason:
+            raise ConfigError(reason)
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, trust_checkpoint=args.trust_checkpoint)
     metrics = trainer.fit()
     shutdown(trainer.info)

@@ -36,3 +36,44 @@ def last_per_id(ids: torch.Tensor, values: torch.Tensor) -> Tuple[torch.Tensor, 
     last = torch.full((unique.numel(),), -1, dtype=torch.long, device=ids.device)
     last = last.scatter_reduce(0, inverse, position, reduce="amax")
     return unique, values[last]
+
+
+# -- rows owned by ranks: contiguous blocks of ``block`` rows, rank r owning [r * block, (r + 1) * block) ------------
+def _exchange(send: torch.Tensor, send_counts: torch.Tensor, world_size: int):
+    """``all_to_all_single`` of ``send`` (rows grouped by destination rank, ``send_counts[r]`` rows for rank r)
+    -> (received rows grouped by source rank, received counts)."""
+    recv_counts = torch.empty_like(send_counts)
+    tdist.all_to_all_single(recv_counts, send_counts)
+    tail = tuple(send.shape[1:])
+    out = torch.empty((int(recv_counts.sum()),) + tail, dtype=send.dtype, device=send.device)
+    tdist.all_to_all_single(out, send.contiguous(), output_split_sizes=recv_counts.tolist(),
+                            input_split_sizes=send_counts.tolist())
+    return out, recv_counts
+
+
+def _by_owner(ids: torch.Tensor, block: int, world_size: int):
+    owner = torch.div(ids, block, rounding_mode="floor").clamp_(max=world_size - 1)
+    order = torch.argsort(owner, stable=True)
+    return order, torch.bincount(owner, minlength=world_size).to(torch.int64)
+
+
+def fetch_owned_rows(ids: torch.Tensor, local: torch.Tensor, lo: int, block: int, world_size: int) -> torch.Tensor:
+    """Collective: rows ``ids`` (any order, repeats allowed) of a table whose rank r holds rows
+    ``[r * block, ...)`` as ``local`` (starting at row ``lo`` on this rank) -> ``[len(ids), dim]``."""
+    ids = ids.to(torch.int64)
+    order, counts = _by_owner(ids, block, world_size)
+    wanted, recv_counts = _exchange(ids[order], counts, world_size)  # the ids other ranks want from me
+    served, _ = _exchange(local.index_select(0, wanted - lo), recv_counts, world_size)
+    out = torch.empty((ids.numel(),) + tuple(local.shape[1:]), dtype=local.dtype, device=local.device)
+    out[order] = served
+    return out
+
+
+def send_rows_to_owners(ids: torch.Tensor, values: torch.Tensor, block: int, world_size: int):
+    """Collective: every rank's (ids, value rows) delivered to the ranks owning those ids -> the (ids, rows) this
+    rank owns, in source-rank order (a later rank's row last, as ``all_gather_rows`` orders them)."""
+    ids = ids.to(torch.int64)
+    order, counts = _by_owner(ids, block, world_size)
+    got_ids, recv_counts = _exchange(ids[order], counts, world_size)
+    got_values, _ = _exchange(values[order], counts, world_size)
+    return got_ids, got_values

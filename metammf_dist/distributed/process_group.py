@@ -102,11 +102,13 @@ def init_distributed(timeout_s: int = 600) -> DistInfo:
     device = torch.device("cuda", local_rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    if world == 1 and "MASTER_ADDR" not in os.environ:
-        # A plain single process: give DeepSpeed a one-rank group on a free local port instead of
-        # letting it fall back to MPI discovery.
+    if world == 1 and "MASTER_ADDR" not in os.environ and not dist.is_initialized():
+        # A plain single process: a one-rank group on an in-memory store (no port to pick, so no race with
+        # other processes for it), which DeepSpeed then takes over instead of falling back to MPI discovery.
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=datetime.timedelta(seconds=timeout_s))
     if not dist.is_initialized():
         # Importing DeepSpeed imports torch._inductor, which forks a pool of compile workers unless
         # told otherwise; we never compile, and forked idle children only cost memory and exit time.
@@ -120,6 +122,11 @@ def init_distributed(timeout_s: int = 600) -> DistInfo:
             rank=rank,
             world_size=world,
         )
+    else:  # DeepSpeed's comm layer adopts the group already there
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
 
 

@@ -207,16 +207,33 @@ def local_ranking_sums(
             raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {(chunk.numel(), num_items)}")
         fill_excluded(scores, exclude, chunk)
         values, items = topk_lowest_id(scores, k_eff)
-        truth_indptr, truth_items, _ = truth.gather(chunk)
-        hits = hit_matrix(items, truth_indptr, truth_items, valid=values > float("-inf"))
-        if k_eff < kmax:  # fewer items than the largest cut-off: the missing ranks are misses
-            hits = torch.cat([hits, hits.new_zeros(hits.shape[0], kmax - k_eff)], dim=1)
-        per_user = per_user_metrics(hits, truth_indptr[1:] - truth_indptr[:-1], ks)
-        fixed = torch.stack([torch.round(per_user[key] * FIXED_POINT_SCALE) for key in keys])
-        totals[:-1] += fixed.to(torch.int64).sum(1).cpu()
+        totals[:-1] += _chunk_sums(items, values, truth, chunk, ks, kmax)
         totals[-1] += chunk.numel()
-        del scores, values, items, hits  # free this chunk's scores before the next chunk allocates its own
+        del scores, values, items  # free this chunk's scores before the next chunk allocates its own
     return totals
+
+
+def _chunk_sums(items: torch.Tensor, values: torch.Tensor, truth: CSR, chunk: torch.Tensor, ks: Sequence[int],
+                kmax: int) -> torch.Tensor:
+    """int64 fixed-point metric sums of one user chunk from its ranked ``items`` (``[n, k]``, best first; slots
+    with a -inf ``value`` are not candidates), in ``metric_keys(ks)`` order."""
+    truth_indptr, truth_items, _ = truth.gather(chunk)
+    hits = hit_matrix(items.cpu(), truth_indptr, truth_items, valid=(values > float("-inf")).cpu())
+    if hits.shape[1] < kmax:  # fewer items than the largest cut-off: the missing ranks are misses
+        hits = torch.cat([hits, hits.new_zeros(hits.shape[0], kmax - hits.shape[1])], dim=1)
+    per_user = per_user_metrics(hits, truth_indptr[1:] - truth_indptr[:-1], ks)
+    fixed = torch.stack([torch.round(per_user[key] * FIXED_POINT_SCALE) for key in metric_keys(ks)])
+    return fixed.to(torch.int64).sum(1).cpu()
+
+
+def _metrics(totals: torch.Tensor, ks: Sequence[int]) -> Dict[str, float]:
+    """The averaged metrics dict from the summed fixed-point ``totals`` (+ the user count, last)."""
+    count = int(totals[-1])
+    if count == 0:
+        raise ValueError("no user to evaluate: none of the given users has a truth item")
+    result = {key: int(s) / FIXED_POINT_SCALE / count for key, s in zip(metric_keys(ks), totals[:-1].tolist())}
+    result["num_users"] = count
+    return result
 
 
 def _resolve_group(group):
@@ -256,12 +273,7 @@ def evaluate_scores(
     totals = local_ranking_sums(score_fn, num_items, exclude, truth, users, ks, user_chunk, rank, world_size)
     if world_size > 1 or group is not None:
         totals = _all_reduce_sum(totals, group)
-    count = int(totals[-1])
-    if count == 0:
-        raise ValueError("no user to evaluate: none of the given users has a truth item")
-    result = {key: int(s) / FIXED_POINT_SCALE / count for key, s in zip(metric_keys(ks), totals[:-1].tolist())}
-    result["num_users"] = count
-    return result
+    return _metrics(totals, ks)
 
 
 def evaluate_full_ranking(
@@ -295,3 +307,59 @@ def evaluate_full_ranking(
         return user_vecs(ids).to(device=item_vecs.device, dtype=item_vecs.dtype) @ item_t
 
     return evaluate_scores(score_fn, item_vecs.shape[0], exclude, truth, users, ks, user_chunk, group)
+
+
+def evaluate_item_sharded(
+    user_vecs_fn: Callable[[torch.Tensor], torch.Tensor],
+    local_items: torch.Tensor,
+    item_lo: int,
+    num_items: int,
+    exclude: CSR,
+    truth: CSR,
+    users,
+    ks: Sequence[int] = (10, 20),
+    user_chunk: int = 1024,
+    group=None,
+) -> Dict[str, float]:
+    """Full ranking with the items cut across ranks: this rank holds the vectors of items
+    ``[item_lo, item_lo + len(local_items))`` only.  Every rank takes every chunk of users: it scores them
+    against its own items, sets their excluded items that fall in its slice to -inf, and keeps its top-K by
+    (score desc, item id asc); the ranks' candidates are all-gathered and merged in the same order, so each
+    user's ranked list is the one ``evaluate_full_ranking`` makes over all items.  ``user_vecs_fn(ids)`` may be
+    a collective (every rank calls it for the same chunks in the same order).  Every rank returns the same dict.
+    """
+    ks = check_ks(ks)
+    rank, world_size = _resolve_group(group)
+    users = eval_users(truth, users)
+    keys, kmax = metric_keys(ks), max(ks)
+    k_eff = min(kmax, num_items)
+    n_local = local_items.shape[0]
+    item_t = local_items.t()
+    totals = torch.zeros(len(keys) + 1, dtype=torch.int64)
+    for start in range(0, users.numel(), user_chunk):
+        chunk = users[start:start + user_chunk]
+        scores = user_vecs_fn(chunk).to(device=local_items.device, dtype=local_items.dtype) @ item_t
+        _, cols, rows = exclude.gather(chunk)
+        mine = (cols >= item_lo) & (cols < item_lo + n_local)
+        if bool(mine.any()):
+            scores.index_put_((rows[mine].to(scores.device), (cols[mine] - item_lo).to(scores.device)),
+                              torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device))
+        k_local = min(k_eff, n_local)
+        values = torch.full((chunk.numel(), k_eff), float("-inf"), dtype=scores.dtype, device=scores.device)
+        items = torch.full((chunk.numel(), k_eff), num_items, dtype=torch.int64, device=scores.device)
+        if k_local:
+            v, i = topk_lowest_id(scores, k_local)
+            values[:, :k_local], items[:, :k_local] = v, i + item_lo
+        if world_size > 1:  # every rank's candidates, merged by (score desc, id asc)
+            all_values = [torch.empty_like(values) for _ in range(world_size)]
+            all_items = [torch.empty_like(items) for _ in range(world_size)]
+            dist.all_gather(all_values, values, group=group)
+            dist.all_gather(all_items, items, group=group)
+            values, items = torch.cat(all_values, 1), torch.cat(all_items, 1)
+            by_id = torch.sort(items, dim=1, stable=True).indices
+            values, items = values.gather(1, by_id), items.gather(1, by_id)
+            by_score = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k_eff]
+            values, items = values.gather(1, by_score), items.gather(1, by_score)
+        totals[:-1] += _chunk_sums(items, values, truth, chunk, ks, kmax)
+        totals[-1] += chunk.numel()
+    return _metrics(totals, ks)

@@ -122,6 +122,26 @@ class BipartiteGraph:
         return BipartiteGraph(self.edge_users.to(device), self.edge_items.to(device), self._num_nodes["user"],
                               self._num_nodes["item"], self.in_items.to(device), self.in_users.to(device))
 
+    def range_block(self, users: Tuple[int, int], items: Tuple[int, int]) -> "Block":
+        """All in-edges of the dst nodes ``users = (lo, hi)`` and ``items = (lo, hi)`` as one block: the dst
+        nodes lead the src nodes, then the other nodes those edges reach, ascending (a rank's share of a
+        full-graph layer when nodes are owned in contiguous ranges)."""
+        dst = {"user": torch.arange(*users, device=self.device), "item": torch.arange(*items, device=self.device)}
+        in_items, in_users = self.in_items, self.in_users
+        ui = in_items.eids[int(in_items.indptr[items[0]]):int(in_items.indptr[items[1]])]  # edges into the items
+        iu = in_users.eids[int(in_users.indptr[users[0]]):int(in_users.indptr[users[1]])]  # edges into the users
+        reached = {"user": self.edge_users[ui], "item": self.edge_items[iu]}
+        src, local = {}, {}
+        for ntype, (lo, hi) in (("user", users), ("item", items)):
+            ids = reached[ntype]
+            other = torch.unique(ids[(ids < lo) | (ids >= hi)])
+            src[ntype] = torch.cat([dst[ntype], other])
+            mapping = torch.searchsorted(other, ids) + (hi - lo)  # local index of each reached node
+            inside = (ids >= lo) & (ids < hi)
+            local[ntype] = torch.where(inside, ids - lo, mapping)
+        edges = {"ui": (local["user"], self.edge_items[ui] - items[0]), "iu": (local["item"], self.edge_users[iu] - users[0])}
+        return Block(edges, {"ui": ui, "iu": iu}, src_nids=src, dst_nids=dst)
+
     def full_block(self) -> "Block":
         """The whole graph as one block: src and dst nodes are all nodes, edges are all edges."""
         if self._full is None:

@@ -8,7 +8,8 @@ them with a zero-gradient step, which moves the parameters when weight decay is 
 DeepSpeed, and dropout is seeded per (seed, epoch, step, rank) as in ``train/loop.py``, so a Horovod run
 follows the same trajectory as a DeepSpeed ZeRO-0 run with the same config and world size.
 
-Launch (Horovod must be built first: ``bash scripts/build_horovod.sh``, ~15 min on 2 cores, not in CI)::
+Launch (Horovod is built into the latest lane by ``scripts/setup_latest.sh`` -> ``scripts/build_horovod.sh``, ~11 min on
+2 cores; CI runs ``tests/test_hvd.py`` there)::
 
     horovodrun -np 2 --gloo .venv-latest/bin/python -m metammf_dist.hvd configs/tiktok.yaml \\
         train.graph_backend=torch [key=value ...]

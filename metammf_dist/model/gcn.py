@@ -281,9 +281,29 @@ class GCN(nn.Module):
         for stype, etype, dtype in EDGE_TYPES:
             src, dst = _block_edges(block, etype)
             n_dst = block.num_dst_nodes(dtype)
-            x = h[stype] * scale[stype][: h[stype].shape[0]].unsqueeze(1)
-            out[dtype] = neighbour_mean(x, src, dst, n_dst) / scale[dtype][:n_dst].unsqueeze(1)
+            x = h[stype] * scale[stype][: h[stype].shape[0]].unsqueeze(1).to(h[stype].dtype)
+            out[dtype] = neighbour_mean(x, src, dst, n_dst) / scale[dtype][:n_dst].unsqueeze(1).to(x.dtype)
         return out
+
+    def layer_forward(self, index: int, graph, h: Dict[str, torch.Tensor],
+                      inv_sqrt_degree: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        """Layer ``index`` alone over one graph or block: ``h`` covers its src nodes, the result its dst nodes
+        (dropout, the layer, and the activation between layers, as ``forward`` applies them).  Running the
+        layers one by one over blocks whose src rows the caller assembles (e.g. from other ranks) and
+        ``combine_layers`` of [layer-0, layer-1, ...] dst rows gives ``forward_graph``'s rows of those dst nodes."""
+        h = {ntype: self.dropouts[index](x) for ntype, x in h.items()}
+        if self.kind == "light":
+            if inv_sqrt_degree is None:
+                raise ValueError("GCN kind 'light' needs the nodes' inverse square-root degrees")
+            return self.light_layer(graph, h, inv_sqrt_degree)
+        h = self._layer(self.layers[index], graph, h)
+        if index < self.num_layers - 1:
+            h = {ntype: self.activation(x) for ntype, x in h.items()}
+        return h
+
+    def combine_layers(self, outputs: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        """The output of layer-0 .. L rows (``gcn_combine``: the last, or their mean)."""
+        return self._combine(outputs)
 
     def _combine(self, outputs: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
         if self.combine == "last":
@@ -292,23 +312,15 @@ class GCN(nn.Module):
 
     def _propagate(self, graphs: List, feats: Dict[str, torch.Tensor],
                    inv_sqrt_degree: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
-        light = self.kind == "light"
-        if light and inv_sqrt_degree is None:
+        if self.kind == "light" and inv_sqrt_degree is None:
             raise ValueError("GCN kind 'light' needs the nodes' inverse square-root degrees")
         h = {ntype: feats[ntype] for ntype in NODE_TYPES}
         # Output nodes: the dst nodes of the last graph (all nodes for a whole graph).  With DGL blocks
         # they are a prefix of every earlier layer's nodes, so h^l of the outputs is h^l[:n_out].
         n_out = {ntype: graphs[-1].num_dst_nodes(ntype) for ntype in NODE_TYPES}
         history = [{ntype: h[ntype][: n_out[ntype]] for ntype in NODE_TYPES}]
-        last = self.num_layers - 1
-        for index, (layer, graph) in enumerate(zip(self.layers, graphs)):
+        for index, graph in enumerate(graphs):
             # one dropout mask per node: HeteroGraphConv slices dst inputs from these same src inputs
-            h = {ntype: self.dropouts[index](x) for ntype, x in h.items()}
-            if light:
-                h = self.light_layer(graph, h, inv_sqrt_degree)
-            else:
-                h = self._layer(layer, graph, h)
-            if index < last and not light:
-                h = {ntype: self.activation(x) for ntype, x in h.items()}
+            h = self.layer_forward(index, graph, h, inv_sqrt_degree)
             history.append({ntype: h[ntype][: n_out[ntype]] for ntype in NODE_TYPES})
         return self._combine(history)

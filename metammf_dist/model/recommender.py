@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,8 +45,8 @@ class ColdStartEmbedding(nn.Embedding):
     parameters around its forward (e.g. ZeRO stage 3) see the whole table.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int):
-        super().__init__(num_embeddings, embedding_dim)
+    def __init__(self, num_embeddings: int, embedding_dim: int, _weight: Optional[torch.Tensor] = None):
+        super().__init__(num_embeddings, embedding_dim, _weight=_weight)
         self.register_buffer("trained", torch.ones(num_embeddings, dtype=torch.bool))
 
     def set_trained(self, ids) -> None:
@@ -77,12 +78,38 @@ class ColdStartEmbedding(nn.Embedding):
         return torch.where(known.unsqueeze(-1), rows, self.trained_mean().detach().expand_as(rows))
 
 
+ID_INIT_BLOCK = 65536  # rows per independently seeded block of model.id_init=blocks
+ID_TABLES = {"user_emb": 0, "item_emb": 1}
+
+
+def init_id_rows(lo: int, hi: int, dim: int, seed: int, table: int, std: float) -> torch.Tensor:
+    """Rows ``[lo, hi)`` of an ID table under ``model.id_init=blocks``: ``N(0, std^2)`` drawn per block of
+    ``ID_INIT_BLOCK`` rows from a generator seeded by (seed, table, block), so any range of rows can be made
+    alone — the same values whichever process, placement or world size makes them."""
+    out = torch.empty(max(hi - lo, 0), dim)
+    for block in range(lo // ID_INIT_BLOCK, -(-hi // ID_INIT_BLOCK)):
+        start = block * ID_INIT_BLOCK
+        state = np.random.SeedSequence([int(seed), int(table), block]).generate_state(2, dtype=np.uint32)
+        gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        rows = torch.randn(ID_INIT_BLOCK, dim, generator=gen).mul_(std)
+        a, b = max(lo, start), min(hi, start + ID_INIT_BLOCK)
+        out[a - lo:b - lo] = rows[a - start:b - start]
+    return out
+
+
 class MetaMMFRecommender(nn.Module):
     """Parts, as attributes (grouped by ``summary.parameter_counts``): ``fusion`` (with
     ``fusion.meta_learner``, also reachable as ``meta_learner``; ``None`` for ``model.fusion=none``),
-    ``user_emb``, ``item_emb``, and ``gcn`` (``None`` for the MF scorer)."""
+    ``user_emb``, ``item_emb``, and ``gcn`` (``None`` for the MF scorer).
 
-    def __init__(self, cfg: ModelConfig, num_users: int, num_items: int, feat_dim: int):
+    ``model.id_init``: ``normal`` draws the ID rows ~ N(0, id_init_std²), redrawn by ``reset_id_rows`` from a
+    generator of their own (the training loop seeds it with ``train.seed`` alone, so every fusion kind starts
+    from the same ID rows); ``blocks`` draws them with ``init_id_rows`` from a seed taken when the model is built (torch's
+    initial seed), without touching the global generator.  ``id_device="meta"`` leaves the ID tables
+    unallocated (``blocks`` only): row-sharded tables then hold the rows (``distributed/sharded_ids.py``)."""
+
+    def __init__(self, cfg: ModelConfig, num_users: int, num_items: int, feat_dim: int,
+                 id_device: Optional[str] = None):
         super().__init__()
         fusion_out = 0 if cfg.fusion == "none" else cfg.fusion_dims[-1]
         if fusion_out + cfg.item_id_dim != cfg.user_id_dim:
@@ -96,10 +123,20 @@ class MetaMMFRecommender(nn.Module):
         self.num_users, self.num_items, self.feat_dim = num_users, num_items, feat_dim
         self.dim = cfg.user_id_dim
         self.fusion = None if cfg.fusion == "none" else build_fusion(cfg, feat_dim)
-        self.item_emb = ColdStartEmbedding(num_items, cfg.item_id_dim)
-        self.user_emb = nn.Embedding(num_users, cfg.user_id_dim)
-        nn.init.normal_(self.item_emb.weight, std=cfg.id_init_std)
-        nn.init.normal_(self.user_emb.weight, std=cfg.id_init_std)
+        if cfg.id_init == "blocks":
+            self.id_seed = torch.initial_seed()
+            sizes = {"item_emb": (num_items, cfg.item_id_dim), "user_emb": (num_users, cfg.user_id_dim)}
+            weights = {name: (torch.empty(n, d, device="meta") if id_device == "meta"
+                              else self.init_id_rows(name, 0, n)) for name, (n, d) in sizes.items()}
+            self.item_emb = ColdStartEmbedding(num_items, cfg.item_id_dim, _weight=weights["item_emb"])
+            self.user_emb = nn.Embedding(num_users, cfg.user_id_dim, _weight=weights["user_emb"])
+        else:
+            if id_device == "meta":
+                raise ValueError("id_device='meta' needs model.id_init=blocks")
+            self.item_emb = ColdStartEmbedding(num_items, cfg.item_id_dim)
+            self.user_emb = nn.Embedding(num_users, cfg.user_id_dim)
+            nn.init.normal_(self.item_emb.weight, std=cfg.id_init_std)
+            nn.init.normal_(self.user_emb.weight, std=cfg.id_init_std)
         self.gcn: Optional[nn.Module] = build_scorer(cfg)
         if cfg.feature_norm == "standardize":  # filled by set_feature_stats from the dataset
             self.register_buffer("feat_mean", torch.zeros(feat_dim))
@@ -121,6 +158,32 @@ class MetaMMFRecommender(nn.Module):
     def set_train_items(self, train_items) -> None:
         """The items with a train interaction; every other item is cold (its ID part: the mean trained row)."""
         self.item_emb.set_trained(torch.unique(torch.as_tensor(train_items, dtype=torch.long)))
+
+    def init_id_rows(self, name: str, lo: int, hi: int) -> torch.Tensor:
+        """Rows ``[lo, hi)`` of ID table ``name`` ("user_emb" / "item_emb") as ``model.id_init=blocks`` draws them."""
+        dim = self.cfg.user_id_dim if name == "user_emb" else self.cfg.item_id_dim
+        return init_id_rows(lo, hi, dim, self.id_seed, ID_TABLES[name], self.cfg.id_init_std)
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """The dense parameters' dtype (bf16 under a bf16 DeepSpeed engine); ID rows held outside are cast to it."""
+        for name, tensor in self.named_parameters():
+            if name.split(".", 1)[0] not in ID_TABLES:
+                return tensor.dtype
+        return torch.float32
+
+    @property
+    def param_device(self) -> torch.device:
+        """Where the dense parameters live (the ID tables may be held elsewhere)."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+    def as_input_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """ID rows read from tables held outside the engine (sparse / sharded, fp32) as layer-0 inputs: on the
+        dense parameters' device, in their dtype (bf16 under a bf16 engine).  Every layer-0 reader goes through
+        here: ``user_vectors``, ``item_id_rows``, the sharded evaluation and the layer histories' refresh."""
+        return rows.to(device=self.param_device, dtype=self.param_dtype)
 
     def set_feature_stats(self, mean, std) -> None:
         """Per-dim input statistics for ``feature_norm: standardize`` (x -> (x - mean) / std)."""
@@ -151,8 +214,9 @@ class MetaMMFRecommender(nn.Module):
                 raise ValueError(f"set_degrees: ids up to {degree.numel() - 1} for {n} nodes")
             buf.copy_(degree.clamp(min=1).to(buf.dtype).rsqrt())
 
-    def _inv_sqrt_degree(self, users: Optional[torch.Tensor] = None, items: Optional[torch.Tensor] = None):
-        """``{"user": ..., "item": ...}`` of the given nodes (all when None) for the light GCN, else None."""
+    def inv_sqrt_degree(self, users: Optional[torch.Tensor] = None, items: Optional[torch.Tensor] = None):
+        """``1/sqrt(train degree)`` ``{"user": ..., "item": ...}`` of the given nodes (all when None) for the light
+        GCN, else None."""
         if not hasattr(self, "user_inv_sqrt_deg"):
             return None
         u, i = self.user_inv_sqrt_deg, self.item_inv_sqrt_deg
@@ -163,7 +227,7 @@ class MetaMMFRecommender(nn.Module):
         """The GCN over the whole graph ``g`` from layer-0 ``vectors`` of every node (MF: unchanged)."""
         if self.gcn is None:
             return vectors
-        return self.gcn.forward_graph(g, vectors, self._inv_sqrt_degree())
+        return self.gcn.forward_graph(g, vectors, self.inv_sqrt_degree())
 
     def _knn_lookup(self, item_ids: torch.Tensor, own: bool):
         """ONE lookup of the ID table for ``item_ids``' neighbours (and the items' own rows when ``own``):
@@ -175,7 +239,7 @@ class MetaMMFRecommender(nn.Module):
         neighbours = self.knn_index[torch.where(known, ids, torch.zeros_like(ids))]
         n, k = neighbours.shape
         lookup = torch.cat([ids, neighbours.reshape(-1)]) if own else neighbours.reshape(-1)
-        rows = self.item_emb(lookup.to(self.item_emb.weight.device))
+        rows = self.item_emb(lookup.to(self.param_device))
         mean = rows[n if own else 0:].reshape(n, k, -1).mean(1) * known.unsqueeze(1).to(rows.dtype)
         return (rows[:n] if own else None), mean
 
@@ -189,8 +253,8 @@ class MetaMMFRecommender(nn.Module):
         """The ID part of layer-0 item vectors: the ID row, plus ``knn_mean`` with ``model.item_knn_at=input``."""
         if self.cfg.item_knn > 0 and self.cfg.item_knn_at == "input":
             own, mean = self._knn_lookup(item_ids, own=True)
-            return own + mean
-        return self.item_emb(item_ids.to(self.item_emb.weight.device))
+            return self.as_input_rows(own + mean)
+        return self.as_input_rows(self.item_emb(item_ids.to(self.param_device)))
 
     def item_graph_term(self, item_ids: torch.Tensor) -> torch.Tensor:
         """``[n, D]``: zeros over the fusion part ⊕ ``knn_mean`` (what ``model.item_knn_at=output`` adds to the
@@ -218,12 +282,15 @@ class MetaMMFRecommender(nn.Module):
         return None if self.fusion is None else self.fusion.meta_learner
 
     def normalize(self, feats: torch.Tensor) -> torch.Tensor:
-        """Features as the fusion reads them: ``(feats - mean) / std`` with ``feature_norm: standardize``."""
-        weight = self.item_emb.weight
-        feats = feats.to(device=weight.device, dtype=weight.dtype)
+        """Features as the fusion reads them: ``(feats - mean) / std`` with ``feature_norm: standardize``, on the
+        dense parameters' device and in their dtype; the standardisation itself runs in at least fp32 (the
+        statistics are fp32 buffers, also under bf16)."""
+        dtype = self.param_dtype
+        exact = dtype if dtype.itemsize >= 4 else torch.float32
+        feats = feats.to(device=self.param_device, dtype=exact)
         if hasattr(self, "feat_mean"):
-            feats = (feats - self.feat_mean) / self.feat_std
-        return feats
+            feats = (feats - self.feat_mean.to(exact)) / self.feat_std.to(exact)
+        return feats.to(dtype)
 
     def meta_vectors(self, feats: torch.Tensor) -> torch.Tensor:
         """The items' meta vectors ``s_i`` ``[n, meta_dim]`` (fusion kinds with a meta-learner only)."""
@@ -236,8 +303,7 @@ class MetaMMFRecommender(nn.Module):
         """The fusion part of item vectors: ``fusion((feats - mean) / std)`` -> ``[n, fusion_dims[-1]]``
         (``[n, 0]`` for ``model.fusion=none``)."""
         if self.fusion is None:
-            weight = self.item_emb.weight
-            return weight.new_zeros(feats.shape[0], 0)
+            return torch.zeros(feats.shape[0], 0, device=self.param_device, dtype=self.param_dtype)
         return self.fusion(self.normalize(feats))
 
     def item_vectors(self, item_ids: torch.Tensor, feats: torch.Tensor,
@@ -253,10 +319,10 @@ class MetaMMFRecommender(nn.Module):
         fused = self.fuse(feats)
         if fused_rest is not None:
             fused = torch.cat([fused, fused_rest.detach().to(device=fused.device, dtype=fused.dtype)])
-        return torch.cat([fused, self.item_id_rows(item_ids.to(self.item_emb.weight.device))], dim=1)
+        return torch.cat([fused, self.item_id_rows(item_ids.to(self.param_device))], dim=1)
 
     def user_vectors(self, user_ids: torch.Tensor) -> torch.Tensor:
-        return self.user_emb(user_ids.to(self.user_emb.weight.device))
+        return self.as_input_rows(self.user_emb(user_ids.to(self.param_device)))
 
     # ---- scorer passes -------------------------------------------------------------------------
     def forward_blocks(
@@ -302,7 +368,7 @@ class MetaMMFRecommender(nn.Module):
             if cached_fusion is not None:  # the seeds' exact fusion rows lead the item vectors
                 fresh = {"fusion": items[: input_item_feats.shape[0], : self.fusion_out_dim].detach()}
             feats = {"user": self.user_vectors(input_users), "item": items}
-            vectors = self.gcn(blocks, feats, self._inv_sqrt_degree(input_users, input_items))
+            vectors = self.gcn(blocks, feats, self.inv_sqrt_degree(input_users, input_items))
         # output items lead the inputs (MF: they are the inputs; DGL blocks: dst nodes are a prefix of src nodes)
         vectors = self.add_item_graph(vectors, input_items)
         return vectors if fresh is None else {**vectors, "fresh": fresh}
@@ -325,7 +391,7 @@ class MetaMMFRecommender(nn.Module):
         items = self.item_vectors(input_items[:n_item], input_item_feats)
         with torch.no_grad():
             rest_users = self.user_vectors(input_users[n_user:])
-            rest_ids = self.item_id_rows(input_items[n_item:].to(self.item_emb.weight.device))
+            rest_ids = self.item_id_rows(input_items[n_item:].to(self.param_device))
             rest_items = torch.cat([cached_fusion.to(device=rest_ids.device, dtype=rest_ids.dtype), rest_ids], dim=1)
         return self.gcn.forward_history(block, {"user": users, "item": items},
                                         {"user": rest_users, "item": rest_items}, history)
@@ -339,7 +405,7 @@ class MetaMMFRecommender(nn.Module):
         """
         if item_feats_all.shape[0] != self.num_items:
             raise ValueError(f"forward_graph: {item_feats_all.shape[0]} feature rows for {self.num_items} items")
-        device = self.item_emb.weight.device
+        device = self.param_device
         parts = []
         for start in range(0, self.num_items, chunk_size):
             stop = min(start + chunk_size, self.num_items)

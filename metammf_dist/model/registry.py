@@ -59,9 +59,10 @@ def build_scorer(cfg: ModelConfig) -> Optional[nn.Module]:
     return SCORERS[cfg.scorer](cfg)
 
 
-def build_model(cfg: ModelConfig, num_users: int, num_items: int, feat_dim: int) -> nn.Module:
-    """A ``MetaMMFRecommender`` for the given config and dataset sizes."""
+def build_model(cfg: ModelConfig, num_users: int, num_items: int, feat_dim: int, id_device=None) -> nn.Module:
+    """A ``MetaMMFRecommender`` for the given config and dataset sizes (``id_device="meta"``: ID tables left
+    unallocated, for row-sharded tables)."""
     # deferred: recommender.py builds its parts with the functions above
     from metammf_dist.model.recommender import MetaMMFRecommender
 
-    return MetaMMFRecommender(cfg, num_users, num_items, feat_dim)
+    return MetaMMFRecommender(cfg, num_users, num_items, feat_dim, id_device=id_device)

@@ -448,8 +448,13 @@ def offload_of(ds_config: dict) -> bool:
 def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage: int = 0, offload: bool = False,
                 device: str = "cpu", blocks: Optional[BlockSizes] = None,
                 baseline_bytes: float = RUNTIME_BASELINE_BYTES,
-                ds_config: Optional[dict] = None, with_eval: bool = True, allocator: str = "glibc") -> Plan:
+                ds_config: Optional[dict] = None, with_eval: bool = True, allocator: str = "glibc",
+                ranks_per_node: Optional[int] = None) -> Plan:
     """Per-rank memory of training ``cfg`` on ``workload`` with ``world_size`` ranks at ZeRO ``zero_stage``.
+
+    ``ranks_per_node`` (default: every rank on one machine for CPU runs, 8 per machine on GPUs): with the torch
+    graph backend and several ranks the train graph is one memory-mapped copy per machine (``graph/shared.py``),
+    counted here as 1/ranks_per_node of it per rank.
 
     ``allocator``: "glibc" (the default malloc: adds the heap it retains) or "live" (RSS tracks live bytes,
     e.g. ``MALLOC_MMAP_THRESHOLD_=65536`` or jemalloc)."""
@@ -478,8 +483,14 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     add("engine init + first-step state", ENGINE_INIT_BYTES, "persistent", note="calibrated")
     e_all, e_tr = float(workload.num_interactions), float(workload.train_interactions)
     nodes = float(workload.num_users + workload.num_items)
-    add("interactions table", INTERACTION_TABLE_BYTES * e_all + TRAIN_COPY_BYTES * e_tr, "persistent",
+    if ranks_per_node is None:
+        ranks_per_node = world_size if device == "cpu" else min(world_size, 8)
+    node_shared = t.graph_backend == "torch" and world_size > 1
+    graph_share = 1.0 / max(1, min(ranks_per_node, world_size)) if node_shared else 1.0
+    shared_note = f"one copy per machine: 1/{max(1, min(ranks_per_node, world_size))} per rank" if node_shared else ""
+    add("interactions table", INTERACTION_TABLE_BYTES * e_all, "persistent",
         note=f"{e_all:,.0f} interactions, every rank")
+    add("train graph edges", TRAIN_COPY_BYTES * e_tr * graph_share, "persistent", note=shared_note)
     batch_per_rank = max(1, t.batch_size // n)
     full = t.sampler == "full"
     gcn = m.scorer == "gcn"
@@ -491,7 +502,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         else:
             blocks = edge_blocks(workload, batch_per_rank, t.num_negatives)
     if gcn and not full:
-        add("neighbour sampler (CSC by dst)", SAMPLER_BYTES_PER_EDGE * e_tr + 2 * INDEX * nodes, "persistent")
+        add("neighbour sampler (CSC by dst)", (SAMPLER_BYTES_PER_EDGE * e_tr + 2 * INDEX * nodes) * graph_share,
+            "persistent", note=shared_note)
         # graph-sized marks kept per sampling thread and reset after each use (sampler/torch_neighbor.py)
         add("sampler scratch", e_tr + (2 * INDEX + 1) * nodes, "persistent",
             note="excluded-edge mask, node lookups (per loader thread)")
@@ -500,7 +512,7 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
             note=f"{len(t.fanouts)} x to_block(all nodes)")
         add("to_block of the whole graph", TO_BLOCK_TRANSIENT_PER_EDGE * e_tr, "setup")
     add("epoch permutation + negatives", (EPOCH_BYTES_PER_EDGE * (1 + t.num_negatives)) * e_tr, "persistent")
-    if with_eval and gcn:
+    if with_eval and gcn and t.id_tables != "sharded":
         add("train graph CSC (full-graph inference)", CSC_BYTES_PER_EDGE * e_tr + CSC_BYTES_PER_NODE * nodes,
             "persistent", dev, "created by the first evaluation")
         if dev == "device":
@@ -520,7 +532,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     # dense gradients appear early, next to almost all saved activations; the fusion's gradients appear as
     # its activations are freed.  So "backward" holds the activations + the ID-table gradients, and the
     # "optimizer" phase (the batch is still referenced) holds all gradients + the optimizer's scratch.
-    sparse_ids = t.id_tables == "sparse"  # ID tables outside the engine: replicated, lazy row-wise Adam
+    sparse_ids = t.id_tables in ("sparse", "sharded")  # ID tables outside the engine, updated row by row
+    sharded_ids = t.id_tables == "sharded"  # ... and row-sharded: 1/n of the rows (and their state) per rank
     cached = t.fusion_cache_refresh > 0 and gcn and not full  # seed items fused, neighbours from the cache
     history = t.gcn_history and cached  # + one sampled hop, neighbours' inner layers from history tables
     layout = _param_layout(cfg, workload, with_ids=not sparse_ids)
@@ -565,13 +578,23 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         add("Adam temporaries", ADAM_TEMPS * FLOAT * p / n, "optimizer", opt_where, "on the flat partition")
 
     if sparse_ids:
-        add("ID tables + lazy Adam (m, v)", 3 * FLOAT * sum(id_tables) / FLOAT, "persistent", dev,
-            "outside ZeRO, replicated", tensors=id_tables * 3)
+        share = 1.0 / n if sharded_ids else 1.0
+        own = [b * share for b in id_tables]
+        if t.id_optimizer == "adam":
+            state, what = [2 * b for b in own], "lazy Adam (m, v)"
+        else:  # row-wise Adagrad: one float per row
+            state = [FLOAT * workload.num_users * share, FLOAT * workload.num_items * share]
+            what = "row-wise Adagrad (one float per row)"
+        where = f"row-sharded on TorchRec, 1/{n} of the rows" if sharded_ids else "outside ZeRO, replicated"
+        add(f"ID tables + {what}", sum(own) + sum(state), "persistent", dev, where, tensors=own + state)
         if history:  # only the seeds' rows get gradients
             rows = FLOAT * (blocks.output_users * m.user_id_dim + blocks.output_items * m.item_id_dim)
         else:
             rows = FLOAT * (blocks.input_users * m.user_id_dim + blocks.input_items * m.item_id_dim)
-        add("ID gradient rows (sparse, gathered)", (2 + n) * rows, "optimizer", dev, "coalesced, all ranks' rows")
+        if sharded_ids:  # looked-up rows and their gradients, through the all-to-all both ways
+            add("ID rows looked up + all-to-all buffers", 4 * rows, "optimizer", dev, "this rank's batch, both ways")
+        else:
+            add("ID gradient rows (sparse, gathered)", (2 + n) * rows, "optimizer", dev, "coalesced, all ranks' rows")
 
     # ---- one training step -----------------------------------------------------------------------------
     items_in, users_in = blocks.input_items, blocks.input_users
@@ -580,12 +603,15 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     fused = blocks.output_items if cached else items_in
     if cached:
         fdim = float(m.fusion_dims[-1])
-        add("fusion cache", FLOAT * workload.num_items * fdim, "persistent", dev,
-            f"{workload.num_items:,} items x {m.fusion_dims[-1]}")
-        add("fusion cache lookup", FLOAT * (items_in - fused) * fdim, "backward", dev, "neighbour rows of a step")
-        chunk = min(float(cfg.eval.item_chunk), float(workload.num_items))
+        own_items = float(workload.num_items) / (n if sharded_ids else 1)  # sharded: cut like the item table
+        add("fusion cache", FLOAT * own_items * fdim, "persistent", dev,
+            f"{own_items:,.0f} items x {m.fusion_dims[-1]}" + (f" (1/{n}, sharded)" if sharded_ids else ""))
+        add("fusion cache lookup", FLOAT * (items_in - fused) * fdim * (2 if sharded_ids else 1), "backward", dev,
+            "neighbour rows of a step" + (" (+ the all-to-all copy)" if sharded_ids else ""))
+        chunk = min(float(cfg.eval.item_chunk), own_items)
         add("fusion cache refresh (one chunk, no grad)", FLOAT * chunk * (fusion["saved"] + fusion["largest"])
-            + FLOAT * workload.num_items * fdim, "refresh", dev, "chunked fusion + the all-reduced copy")
+            + FLOAT * own_items * fdim, "refresh", dev,
+            "chunked fusion + the new rows" if sharded_ids else "chunked fusion + the all-reduced copy")
     if history:
         d, hist_layers = float(m.user_id_dim), float(m.gcn_layers - 1)
         neighbours = users_in + items_in - blocks.output_users - blocks.output_items
@@ -617,7 +643,32 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         "its gradient / the next layer's scratch")
 
     # ---- evaluation ------------------------------------------------------------------------------------
-    if with_eval:
+    if with_eval and sharded_ids:  # each rank: the vectors of its own users and items; items cut for ranking
+        d = m.user_id_dim
+        u, i = float(workload.num_users) / n, float(workload.num_items) / n
+        own = FLOAT * d * (u + i)
+        chunk = min(float(cfg.eval.item_chunk), i)
+        fusion_chunk = FLOAT * chunk * (fusion["saved"] + fusion["largest"])
+        if gcn:  # layer outputs of the own nodes, and the neighbours' rows fetched for a layer (<= its in-edges)
+            neighbours = FLOAT * d * min(nodes, 2 * e_tr / n)
+            work = 3 * own + neighbours + fusion_chunk
+            add("inference: own block's edges", 4 * INDEX * 2 * e_tr / n, "inference", note="range_block, host")
+        else:
+            work = own + fusion_chunk
+        users_chunk = min(float(cfg.eval.user_chunk), float(workload.num_users))
+        kmax = float(max(cfg.eval.ks))
+        e_ev = float(workload.eval_interactions)
+        add("inference: own vectors + GCN layer (sharded)", work, "inference", dev,
+            f"{u + i:,.0f} own nodes x {d}")
+        add("inference: building the CSRs", SPLIT_CSR_TRANSIENT_PER_EDGE * e_tr, "inference")
+        add("ranking: own item vectors + a user chunk", FLOAT * d * (i + users_chunk), "ranking", dev)
+        add("ranking: exclusion/truth CSRs", INDEX * (e_tr + e_ev) + 2 * INDEX * float(workload.num_users),
+            "ranking")
+        add("ranking: score chunks (own items)", SCORE_CHUNKS_ALIVE * FLOAT * users_chunk * i, "ranking", dev,
+            f"{SCORE_CHUNKS_ALIVE} x {users_chunk:,.0f} users x {i:,.0f} own items")
+        add("ranking: top-K candidates of every rank", 2 * 12 * n * users_chunk * kmax, "ranking", dev,
+            f"{n} x {users_chunk:,.0f} x {kmax:.0f} (score, id)")
+    elif with_eval:
         d = m.user_id_dim
         u, i = float(workload.num_users), float(workload.num_items)
         vec = FLOAT * d * (u + i)
@@ -648,7 +699,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
             f"{RETENTION:g} x the step's tensors < 32 MiB; none with MALLOC_MMAP_THRESHOLD_=65536")
     return Plan(comps, world_size, zero_stage, offload, device, blocks, workload,
                 params={**{k: v for k, v in layout.items() if k != "counts"}, "counts": layout["counts"],
-                        "eval_user_chunk": cfg.eval.user_chunk, "id_tables": t.id_tables})
+                        "eval_user_chunk": cfg.eval.user_chunk, "id_tables": t.id_tables,
+                        "id_optimizer": t.id_optimizer})
 
 
 def largest_catalog(cfg: Config, workload: Workload, budget_bytes: float, world_size: int = 1, zero_stage: int = 0,
@@ -657,7 +709,7 @@ def largest_catalog(cfg: Config, workload: Workload, budget_bytes: float, world_
     """The largest item count (users and interactions scaled with it) whose per-rank peak fits ``budget_bytes``.
 
     ``where``: compare only host or only device bytes (e.g. GPU memory); None = everything (CPU runs).
-    ``plan_kwargs`` go to ``plan_memory`` (baseline_bytes, ds_config, allocator)."""
+    ``plan_kwargs`` go to ``plan_memory`` (baseline_bytes, ds_config, allocator, ranks_per_node)."""
 
     def fits(items: int) -> bool:
         wl = workload.scaled(items)
@@ -676,6 +728,29 @@ def largest_catalog(cfg: Config, workload: Workload, budget_bytes: float, world_
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return workload.scaled(lo)
+
+
+def smallest_world_size(cfg: Config, workload: Workload, budget_bytes: float, zero_stage: int = 0,
+                        offload: bool = False, device: str = "cpu", where: Optional[str] = None,
+                        max_world_size: int = 1 << 16, **plan_kwargs) -> Optional[int]:
+    """The fewest ranks whose per-rank peak fits ``budget_bytes`` (None if even ``max_world_size`` does not):
+    doubling, then bisection between the last world size that did not fit and the first that did."""
+
+    def fits(n: int) -> bool:
+        batch = max(cfg.train.batch_size, n)  # every rank needs at least one pair per step
+        plan_cfg = replace(cfg, train=replace(cfg.train, batch_size=batch))
+        return plan_memory(plan_cfg, workload, n, zero_stage, offload, device, **plan_kwargs).peak(where) <= budget_bytes
+
+    hi = 1
+    while not fits(hi):
+        if hi >= max_world_size:
+            return None
+        hi = min(hi * 2, max_world_size)
+    lo = hi // 2  # does not fit (or 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
 
 
 def measure_runtime_baseline() -> int:

@@ -44,6 +44,7 @@ class MiniBatch:
     neg_i: torch.Tensor  # [P * num_negatives] indices into output_items
     num_pos: int
     item_feats: Optional[torch.Tensor] = field(default=None, repr=False)  # filled by features.attach_features
+    ready: Optional[Any] = field(default=None, repr=False)  # CUDA event of an asynchronous copy (to_device_async)
 
     @property
     def num_input_users(self) -> int:
@@ -64,13 +65,30 @@ class MiniBatch:
             "block_edges": [int(b.num_edges()) for b in self.blocks],
         }
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> "MiniBatch":
-        """Moves every tensor field and the blocks to ``device`` in place; returns self (a no-op when already there)."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor) and value.device != device:
-                setattr(self, f.name, value.to(device, non_blocking=non_blocking))
-        self.blocks = [b if b.device == device else b.to(device) for b in self.blocks]
+    def tensors(self) -> dict:
+        """The batch's tensor fields by name (blocks apart)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+
+    def wait_ready(self) -> "MiniBatch":
+        """After an asynchronous copy: make the current CUDA stream wait for it, and tell the allocator the
+        tensors are used on that stream; returns self (a no-op otherwise)."""
+        if self.ready is not None:
+            stream = torch.cuda.current_stream()
+            stream.wait_event(self.ready)
+            for value in self.tensors().values():
+                if value.is_cuda:
+                    value.record_stream(stream)
+            self.ready = None
+        return self
+
+    def to(self, device: torch.device, non_blocking: bool = False, blocks: bool = True) -> "MiniBatch":
+        """Moves every tensor field and (``blocks``) the blocks to ``device`` in place; returns self (a no-op when
+        already there)."""
+        for name, value in self.tensors().items():
+            if value.device != device:
+                setattr(self, name, value.to(device, non_blocking=non_blocking))
+        if blocks:
+            self.blocks = [b if b.device == device else b.to(device) for b in self.blocks]
         return self
 
 
@@ -79,6 +97,7 @@ class EdgeBatches:
 
     kind = "edges"
     seed_features_only = False  # fusion cache on: the feature stage reads only the seed (output) items
+    device: Optional[torch.device] = None  # CUDA: the prefetch thread also copies batches there, ahead
 
     def __init__(self, graph, *, batch_size: int, num_negatives: int, seed: int,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0):
@@ -109,7 +128,8 @@ class EdgeBatches:
         """
         batches = self._generate(int(epoch), int(start_step))
         if self.num_workers > 0 or store is not None:
-            return prefetch(batches, store, ahead=self.num_workers, seeds_only=self.seed_features_only)
+            return prefetch(batches, store, ahead=self.num_workers, seeds_only=self.seed_features_only,
+                            device=self.device)
         return batches
 
     # -- stages -----------------------------------------------------------------------------------

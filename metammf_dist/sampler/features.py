@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -44,8 +44,23 @@ class _Failure:
         self.exc = exc
 
 
-def prefetch(batches: Iterable, store=None, ahead: int = 1, seeds_only: bool = False) -> Iterator:
-    """Yields ``batches`` (features attached when ``store`` is given), made ``ahead`` steps early."""
+def to_device_async(batch, device: torch.device, stream) -> None:
+    """Stage 6, to device (CUDA, in the prefetch thread): pin the batch's tensors and copy them on ``stream`` with
+    ``non_blocking`` copies, so the copy of the next batch overlaps the current step; ``batch.ready`` is the event
+    the consumer waits on (``MiniBatch.wait_ready``) before it uses the batch."""
+    for name, value in batch.tensors().items():
+        if value.device.type == "cpu":
+            setattr(batch, name, value.pin_memory())
+    with torch.cuda.stream(stream):  # the tensor fields only: ``wait_ready`` can record them on the consumer's
+        batch.to(device, non_blocking=True, blocks=False)  # stream; the (small) blocks move there, in ``to``
+        batch.ready = torch.cuda.Event()
+        batch.ready.record(stream)
+
+
+def prefetch(batches: Iterable, store=None, ahead: int = 1, seeds_only: bool = False,
+             device: Optional[torch.device] = None) -> Iterator:
+    """Yields ``batches`` (features attached when ``store`` is given), made ``ahead`` steps early; with a CUDA
+    ``device`` (and ``ahead`` > 0) also copied to it ahead, on a side stream (``to_device_async``)."""
     if ahead <= 0:
         for batch in batches:
             yield attach_features(batch, store, seeds_only) if store is not None else batch
@@ -63,11 +78,15 @@ def prefetch(batches: Iterable, store=None, ahead: int = 1, seeds_only: bool = F
                 continue
         return False
 
+    copy_stream = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
+
     def produce() -> None:
         try:
             for batch in batches:
                 if store is not None:
                     attach_features(batch, store, seeds_only)
+                if copy_stream is not None:
+                    to_device_async(batch, device, copy_stream)
                 if not put(batch):
                     return
             put(_DONE)

@@ -10,7 +10,9 @@ across steps (a fusion snapshot, layer histories).  The loop knows nothing else 
    (``fresh``, computed in this step's forward, before the update).  Collective on several ranks.
 
 and at checkpoints ``state_dict()`` / ``load_state_dict(state)`` (tensors and plain values only: checkpoints
-are read with ``torch.load(weights_only=True)``), saved as ``file_name`` inside each checkpoint.
+are read with ``torch.load(weights_only=True)``), saved as ``file_name`` inside each checkpoint — by rank 0 for
+replicated state, or, for a ``sharded`` strategy, by every rank (``load_state_dict`` then gets every rank's state,
+saved at any world size).
 ``seed_features_only`` tells the sampler's feature stage to read only the seed items' rows.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ FullModel = Callable[[], ContextManager[torch.nn.Module]]
 class Strategy:
     file_name: str = ""
     seed_features_only: bool = False
+    sharded: bool = False  # each rank holds (and saves) its own part of the state
 
     def __init__(self) -> None:
         self.refreshes = 0

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from metammf_dist.distributed.collectives import all_gather_rows, last_per_id
+from metammf_dist.distributed.collectives import all_gather_rows, fetch_owned_rows, last_per_id, send_rows_to_owners
+from metammf_dist.distributed.sharded_ids import copy_range, row_block, row_range
 from metammf_dist.strategies.base import FullModel, Strategy, seed_counts
 
 
@@ -119,3 +120,68 @@ class FusionCache(Strategy):
             ids, values = all_gather_rows(ids, values, self.world_size)
         ids, values = last_per_id(ids, values)
         self.fused.index_copy_(0, ids, values)
+
+
+class ShardedFusionCache(FusionCache):
+    """The fusion cache cut like the row-sharded item table (``train.id_tables=sharded``): rank r holds and
+    refreshes only the items it owns (``row_range``: ``ceil(items / world)`` per rank), so the cache costs
+    ``items / world x dim`` floats per rank and a refresh fuses only the owned items (no catalog-wide
+    all-reduce).  A step's neighbour rows are fetched from their owners and its seeds' fresh rows sent to them
+    (``distributed/collectives``: one all-to-all each way); duplicates resolve as in the replicated cache (the
+    later rank's row wins).  Saved per rank with its row range (``sharded``), re-cut on load for any world size."""
+
+    sharded = True
+
+    def __init__(self, num_items: int, dim: int, refresh_every: int, store, *, rank: int = 0, world_size: int = 1,
+                 chunk: int = 8192, device: torch.device = torch.device("cpu")):
+        super().__init__(num_items, dim, refresh_every, store, rank=rank, world_size=world_size,
+                         distributed=world_size > 1, chunk=chunk, device=device)
+        self.lo, self.hi = row_range(self.num_items, self.rank, self.world_size)
+        self.block = row_block(self.num_items, self.world_size)
+
+    @torch.no_grad()
+    def refresh(self, model, global_step: int) -> None:
+        """Collective: recompute this rank's items' fusion outputs with the current weights."""
+        out = torch.zeros(self.hi - self.lo, self.dim, dtype=torch.float32, device=self.device)
+        # the same number of fusion calls on every rank (ZeRO-3's module hooks must line up): empty ones at the end
+        for c in range(-(-self.block // self.chunk)):
+            lo = min(self.lo + c * self.chunk, self.hi)
+            hi = min(lo + self.chunk, self.hi)
+            feats = np.asarray(self.store.gather_concat(np.arange(lo, hi, dtype=np.int64)), dtype=np.float32)
+            feats = feats.reshape(hi - lo, model.feat_dim)
+            out[lo - self.lo:hi - self.lo] = model.fuse(torch.from_numpy(feats).to(self.device)).float()
+        self.fused, self.refreshed_at = out, int(global_step)
+
+    def lookup(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """Collective: the cached rows of ``item_ids``, fetched from their owners."""
+        if self.fused is None:
+            raise RuntimeError("FusionCache.lookup before the first refresh")
+        return fetch_owned_rows(item_ids.to(self.fused.device), self.fused, self.lo, self.block, self.world_size)
+
+    @torch.no_grad()
+    def push(self, item_ids: torch.Tensor, fused: torch.Tensor) -> None:
+        """Collective: every rank's fresh seed rows go to their owners, which write them."""
+        if self.fused is None:
+            raise RuntimeError("FusionCache.push before the first refresh")
+        ids, values = send_rows_to_owners(item_ids.to(device=self.fused.device, dtype=torch.int64),
+                                          fused.detach().to(device=self.fused.device, dtype=self.fused.dtype),
+                                          self.block, self.world_size)
+        if ids.numel():
+            ids, values = last_per_id(ids, values)
+            self.fused.index_copy_(0, ids - self.lo, values)
+
+    def state_dict(self) -> dict:
+        return {"fused": None if self.fused is None else self.fused.cpu(), "refreshed_at": self.refreshed_at,
+                "refresh_every": self.refresh_every, "lo": self.lo, "hi": self.hi, "rows": self.num_items}
+
+    def load_state_dict(self, shards) -> bool:
+        """``shards``: every rank's saved state (any world size)."""
+        if not shards or any(s.get("fused") is None or s.get("rows") != self.num_items for s in shards):
+            return False
+        out = torch.empty(self.hi - self.lo, self.dim, dtype=torch.float32, device=self.device)
+        try:
+            copy_range(shards, "fused", self.lo, self.hi, out, what="fusion cache")
+        except ValueError:  # the saved ranks do not cover this rank's items: refresh instead
+            return False
+        self.fused, self.refreshed_at = out, int(shards[0]["refreshed_at"])
+        return True

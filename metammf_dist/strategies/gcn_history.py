@@ -95,10 +95,9 @@ class GCNHistory(Strategy):
         (``[num_items, F]``) and the current ID tables.  Collective when distributed: every rank runs the
         same module calls, then rank 0's result is broadcast, so the tables are bit-identical.  Under ZeRO-3
         pass a module with gathered parameters (``prepare`` does)."""
-        device = model.user_emb.weight.device
-        feats = {"user": model.user_emb.weight.detach(),
-                 "item": torch.cat([fused.to(device=device, dtype=model.item_emb.weight.dtype),
-                                    model.item_id_rows(torch.arange(model.num_items, device=device)).detach()], dim=1)}
+        feats = {"user": model.as_input_rows(model.user_emb.weight.detach()),
+                 "item": torch.cat([model.as_input_rows(fused),
+                                    model.item_id_rows(torch.arange(model.num_items)).detach()], dim=1)}
         hidden = model.gcn.hidden_graph(graph, feats)
         tables = [{nt: h[nt].float().to(self.device).contiguous() for nt in NODE_TYPES} for h in hidden]
         if self.distributed and self.world_size > 1:

@@ -16,7 +16,7 @@ import os
 import resource
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -39,6 +39,14 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def rank_file(prefix: str, rank, world_size) -> str:
+    """``<prefix>.rank<r>-of-<W>.pt``: one rank's part of row-sharded state (``prefix`` without ``.pt``)."""
+    stem = prefix[:-3] if prefix.endswith(".pt") else prefix
+    if isinstance(rank, int):
+        return f"{stem}.rank{rank:05d}-of-{world_size:05d}.pt"
+    return f"{stem}.rank{rank}-of-{world_size}.pt"
+
+
 def tag_for(epoch: int, step_in_epoch: int) -> str:
     return f"epoch{epoch:04d}-step{step_in_epoch:07d}"
 
@@ -52,12 +60,14 @@ class Checkpoints:
         barrier(info)
 
     # -- saving -----------------------------------------------------------------------------------
-    def save(self, engine, tag: str, state: dict, keep: set, keep_last: int = 2, extras: Optional[dict] = None) -> None:
+    def save(self, engine, tag: str, state: dict, keep: set, keep_last: int = 2, extras: Optional[dict] = None,
+             rank_extras: Optional[dict] = None) -> None:
         """Collective: every rank calls it.  ``state`` is the trainer's resumable state (json-able).
 
         ``extras``: ``{file name: state_dict()}`` — state beside the engine's (the sparse ID tables, a
         strategy's) that rank 0 collects and writes into the tag before it is marked complete; tensors and plain
-        values only (``read_extra`` loads them with ``weights_only=True``)."""
+        values only (``read_extra`` loads them with ``weights_only=True``).  ``rank_extras``: ``{prefix:
+        state_dict()}`` that EVERY rank writes as ``<prefix>.rank<r>-of-<W>.pt`` (row-sharded state)."""
         if self.info.is_main:
             self._remove_incomplete()
             if (self.root / tag).exists():  # a re-save of a tag (e.g. after resuming before it): no stale marker
@@ -65,6 +75,8 @@ class Checkpoints:
         barrier(self.info)
         try:
             engine.save_checkpoint(str(self.root), tag=tag, client_state={"trainer": state}, save_latest=False)
+            for prefix, state_dict in (rank_extras or {}).items():
+                atomic_torch_save(state_dict(), self.root / tag / rank_file(prefix, self.info.rank, self.info.world_size))
             barrier(self.info)
             if self.info.is_main:
                 for name, state_dict in (extras or {}).items():
@@ -159,10 +171,23 @@ class Checkpoints:
             return None
         return torch.load(path, map_location="cpu", weights_only=True)
 
+    def read_rank_extras(self, tag: str, prefix: str) -> List[dict]:
+        """Every rank's ``<prefix>.rank*-of-*.pt`` of ``tag`` (any world size), memory-mapped: a reader copies
+        only the rows it takes."""
+        paths = sorted((self.root / tag).glob(rank_file(prefix, "*", "*")))
+        return [torch.load(str(path), map_location="cpu", weights_only=True, mmap=True) for path in paths]
+
     def load(self, engine, tag: str) -> dict:
         """Collective: restore module, optimizer and trainer state from ``tag``."""
         tag = broadcast_object(tag, self.info)
-        path, client = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True)
+        try:
+            path, client = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True)
+        except RuntimeError as exc:  # torch's load_state_dict lists every mismatch; the first names the field
+            mismatch = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+            if not mismatch:
+                raise
+            raise TrainingError(f"checkpoint {self.root / tag} does not match this run's dataset or model "
+                                f"({len(mismatch)} tensor(s) differ): {mismatch[0]}") from None
         if path is None:
             raise TrainingError(f"checkpoint {self.root / tag}: DeepSpeed could not load it")
         return client["trainer"]

@@ -29,7 +29,7 @@ def compute_vectors(model, store, graph, num_users: int, num_items: int, item_ch
         if getattr(model, "gcn", None) is not None:
             out = model.propagate_graph(graph.to(device), out)
         out = model.add_item_graph(out, torch.arange(num_items, device=device), item_chunk)
-        return out["user"], out["item"]
+        return out["user"].float(), out["item"].float()  # ranked in fp32 (a bf16 model's vectors too)
     finally:
         model.train(was_training)
 
@@ -57,3 +57,46 @@ def split_csr(ds, split: str, exclude_splits, max_users: int = 0):
     exclude = build_csr(torch.from_numpy(np.concatenate(ex_u)), torch.from_numpy(np.concatenate(ex_i)), ds.num_users)
     users = sample_users(torch.from_numpy(np.unique(u)), max_users)
     return truth, exclude, users
+
+
+@torch.no_grad()
+def sharded_vectors(model, store, graph, num_users: int, num_items: int, rank: int, world_size: int,
+                    item_chunk: int = 8192, device: torch.device = torch.device("cpu")):
+    """Collective, for row-sharded ID tables (``train.id_tables=sharded``): this rank's final vectors of the users
+    and items it owns -> ``((user_lo, user_vecs), (item_lo, item_vecs))``, no rank holding any other row.
+
+    Layer 0 is local (the owned items' fusion from their features ⊕ their ID rows, the owned users' ID rows).
+    The GCN then runs layer by layer over ``graph.range_block`` (the in-edges of the owned nodes): before each
+    layer the rows of the neighbours other ranks own are fetched from them (``collectives.fetch_owned_rows``),
+    so the result equals ``compute_vectors``' rows of those nodes."""
+    from metammf_dist.distributed.collectives import fetch_owned_rows
+    from metammf_dist.distributed.sharded_ids import row_block, row_range
+
+    was_training = model.training
+    model.eval()
+    try:
+        users, items = row_range(num_users, rank, world_size), row_range(num_items, rank, world_size)
+        blocks = {"user": row_block(num_users, world_size), "item": row_block(num_items, world_size)}
+        item_rows = model.item_emb.local_weight()
+        fused = [model.fuse(torch.from_numpy(feats).to(device))
+                 for _, _, feats in store.iter_range(items[0], items[1], item_chunk)]
+        fused = torch.cat(fused) if fused else item_rows.new_zeros(0, model.fusion_out_dim)
+        h = {"user": model.as_input_rows(model.user_emb.local_weight()),
+             "item": torch.cat([fused.to(model.param_dtype), model.as_input_rows(item_rows)], dim=1)}
+        if getattr(model, "gcn", None) is not None:
+            block = graph.range_block(users, items).to(device)  # the own nodes' in-edges only on the device
+            lo = {"user": users[0], "item": items[0]}
+            scale = model.inv_sqrt_degree(block.src_nids["user"], block.src_nids["item"])
+            outputs = [h]
+            for index in range(model.gcn.num_layers):
+                src = {}
+                for ntype in ("user", "item"):
+                    others = block.src_nids[ntype][block.num_dst_nodes(ntype):]
+                    src[ntype] = torch.cat([h[ntype], fetch_owned_rows(others, h[ntype], lo[ntype], blocks[ntype],
+                                                                       world_size)])
+                h = model.gcn.layer_forward(index, block, src, scale)
+                outputs.append(h)
+            h = model.gcn.combine_layers(outputs)
+        return (users[0], h["user"].float()), (items[0], h["item"].float())
+    finally:
+        model.train(was_training)

@@ -25,7 +25,7 @@ class BPRObjective(nn.Module):
                 neighbor_history: Optional[list] = None) -> Tuple[torch.Tensor, Optional[dict]]:
         out = self.model.forward_blocks(batch.blocks, batch.input_users, batch.input_items, batch.item_feats,
                                         cached_fusion, neighbor_history)
-        users, items = out["user"], out["item"]
+        users, items = out["user"].float(), out["item"].float()  # scores and the loss in fp32, also under bf16
         pos = self.model.score(users[batch.pos_u], items[batch.pos_i])  # [P]
         neg = self.model.score(users[batch.neg_u], items[batch.neg_i])  # [P * num_negatives]
         pos = pos.repeat_interleave(neg.numel() // max(pos.numel(), 1))

@@ -5,18 +5,24 @@ mismatch in user/item counts or feature dims is an error naming both sides.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
+
 from metammf_dist.config import load_config
 from metammf_dist.data.dataset import Dataset
+from metammf_dist.distributed.deepspeed_engine import precision_of
 from metammf_dist.distributed.id_tables import FILE_NAME as ID_TABLES_FILE
 from metammf_dist.distributed.id_tables import weights_of
 from metammf_dist.distributed.process_group import DistInfo
+from metammf_dist.distributed.sharded_ids import FILE_PREFIX as SHARD_PREFIX
+from metammf_dist.distributed.sharded_ids import assemble
 from metammf_dist.errors import TrainingError
 from metammf_dist.graph.train_graph import build_train_graph
 from metammf_dist.model.registry import build_model
 from metammf_dist.train.checkpoint import Checkpoints, load_module_state
+from metammf_dist.train.precision import to_bf16_as_trained
 
 PREFIX = "model."  # the engine wraps the recommender in BPRObjective(model)
 TRAINED_KEY = "item_emb.trained"  # which items had a train interaction (a buffer; derived from the dataset)
@@ -40,6 +46,12 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best", 
     id_tables = ckpt.read_extra(tag, ID_TABLES_FILE)  # train.id_tables=sparse: the ID tables live beside
     if id_tables is not None:
         state.update(weights_of(id_tables))
+    shards = ckpt.read_rank_extras(tag, SHARD_PREFIX)  # train.id_tables=sharded: each rank's rows
+    if shards:
+        try:
+            state.update(assemble(shards))
+        except ValueError as exc:  # a shard missing, or shards of different catalogs
+            raise TrainingError(f"checkpoint {ckpt.root / tag}: {exc}") from None
     model = build_model(cfg.model, ds.num_users, ds.num_items, ds.feat_dim)
     train_u, train_i = ds.interactions("train")
     model.set_train_items(train_i)
@@ -56,7 +68,15 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best", 
                 f"({ds.num_users} users, {ds.num_items} items, feature dim {ds.feat_dim})"
             )
     model.load_state_dict({k: state[k].float() if own[k].is_floating_point() else state[k] for k in own})
+    if _run_precision(run) == "bf16":
+        to_bf16_as_trained(model, id_tables_outside=cfg.train.id_tables != "dense")
     model.eval()
     store = ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
     graph = build_train_graph(train_u, train_i, ds.num_users, ds.num_items, backend=cfg.train.graph_backend)
     return cfg, ds, store, graph, model, tag
+
+
+def _run_precision(run: Path) -> str:
+    """The training precision recorded in the run folder's ``ds_config.json`` (fp32 if it has none)."""
+    path = run / "ds_config.json"
+    return precision_of(json.loads(path.read_text())) if path.is_file() else "fp32"
