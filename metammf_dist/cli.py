@@ -103,21 +103,23 @@ def user_error_message(exc: BaseException) -> Optional[str]:
 
 
 def entry() -> None:
-    """The process entry point (console script and ``python -m metammf_dist``): ``main``, then exit.
+    """The process entry point (console script and ``python -m metammf_dist``): ``main``, then ``os._exit``.
 
-    A process that joined a torch.distributed group leaves through ``os._exit`` once the command has
-    returned (its files are closed and the final barrier passed): interpreter teardown with a live gloo
-    group intermittently aborted a finished rank ("terminate called without an active exception", about
-    1 run in 12 of a 2-rank test here), and the launcher then failed the whole job.  ``main`` itself stays
-    an ordinary function for in-process callers.
+    Every command leaves through ``os._exit`` once it has returned (its files closed, a distributed run's final
+    barrier passed), after flushing the standard streams and logging.  Interpreter teardown aborted finished
+    processes ("terminate called without an active exception") in two ways, both caught under gdb: with a
+    live gloo group (about 1 run in 12 of a 2-rank test), and after Parquet reads through Python file objects,
+    whose buffers Arrow's pool threads release late and cannot, at teardown, take the GIL to free (`bench
+    shard` 4 runs in 10, even with single-threaded reads in the dataset code).  ``main`` itself stays an
+    ordinary function for in-process callers.
     """
+    import logging
+
     code = main()
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    raise SystemExit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, free_port  # noqa: F401  (re-exported for the launcher tests)
 
+from metammf_dist.distributed.process_group import LAUNCH_VARS
+
 CONFIG = "configs/tiktok.yaml"
 TIMEOUT_S = 240
 # MF scorer, small dims; 3,070 train edges / batch 32 = 96 steps per epoch, a checkpoint every 25 steps.
@@ -25,7 +27,7 @@ TRAIN_OVERRIDES = [
 
 
 def launch_env() -> dict:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}  # an in-process one-rank group sets them
     env.update(PYTHON=sys.executable, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions")))
     return env

@@ -90,8 +90,11 @@ def test_sbatch_torchrun_mode_completes_run_folder(cluster, synth, baseline, tmp
 @pytest.mark.multiproc
 def test_sbatch_two_task_srun_mode_maps_slurm_ranks(cluster, synth, baseline, tmp_path):
     run_dir = tmp_path / "run"
+    # submitted from a shell that holds one-rank launch variables (sbatch exports them to the job): the tasks
+    # still take their ranks from Slurm
     text = sbatch_wait(cluster, ["--ntasks-per-node=2", "--cpus-per-task=1"], train_args(synth, run_dir),
-                       tmp_path / "job.out", METAMMF_LAUNCHER="srun")
+                       tmp_path / "job.out", METAMMF_LAUNCHER="srun", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT="1")
     tasks = sorted(re.findall(r"task SLURM_PROCID=(\d) SLURM_NTASKS=(\d) SLURM_LOCALID=(\d)", text))
     assert tasks == [("0", "2", "0"), ("1", "2", "1")], text[-3000:]
     metrics = metrics_line(text)

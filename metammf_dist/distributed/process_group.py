@@ -56,13 +56,24 @@ def _first_host(nodelist: str) -> str:
     return prefix + first
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (for a one-rank group, or a child torchrun's --master_port)."""
+FREE_PORTS = range(20000, 32000)  # below Linux's ephemeral range (32768-60999): no outgoing connection takes it
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port (for a one-rank group, a child torchrun's --master_port, a test daemon), drawn at random
+    from ``FREE_PORTS``.  Not the kernel's port-0 choice: that comes from the ephemeral range, where any
+    outgoing connection made before the master binds it (a rank's, a daemon's) may take the same number."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for port in random.SystemRandom().sample(FREE_PORTS, 200):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free TCP port among 200 tried in {FREE_PORTS.start}-{FREE_PORTS.stop - 1}")
 
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

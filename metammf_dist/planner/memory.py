@@ -64,6 +64,7 @@ INDEX = 8
 # cache and thread count).  ``measure_runtime_baseline()`` re-measures it, ``plan --baseline-mb`` sets it.
 RUNTIME_BASELINE_BYTES = 640 << 20
 ENGINE_INIT_BYTES = 45 << 20  # DeepSpeed engine init, comm op, autograd/oneDNN state after the first steps
+TORCHREC_RUNTIME_BYTES = 116 << 20  # import torchrec + fbgemm_gpu (CPU build) on top of the runtime, measured
 # Calibrated constants (bytes per unit), from measurements with the current code:
 INTERACTION_TABLE_BYTES = 38  # per interaction (all splits): Parquet -> numpy columns + Arrow pool residue
 TRAIN_COPY_BYTES = 16  # per train interaction: the (user, item) int64 copies the trainer keeps
@@ -481,6 +482,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     # ---- runtime, data, graph --------------------------------------------------------------------------
     add("runtime (python, torch, dgl, deepspeed)", baseline_bytes, "persistent", note="imports, measured once")
     add("engine init + first-step state", ENGINE_INIT_BYTES, "persistent", note="calibrated")
+    if cfg.train.id_tables == "sharded":
+        add("TorchRec + FBGEMM libraries", TORCHREC_RUNTIME_BYTES, "persistent", "host", "imports, measured")
     e_all, e_tr = float(workload.num_interactions), float(workload.train_interactions)
     nodes = float(workload.num_users + workload.num_items)
     if ranks_per_node is None:
@@ -649,8 +652,9 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         own = FLOAT * d * (u + i)
         chunk = min(float(cfg.eval.item_chunk), i)
         fusion_chunk = FLOAT * chunk * (fusion["saved"] + fusion["largest"])
-        if gcn:  # layer outputs of the own nodes, and the neighbours' rows fetched for a layer (<= its in-edges)
-            neighbours = FLOAT * d * min(nodes, 2 * e_tr / n)
+        if gcn:  # layer outputs of the own nodes, and the neighbours' rows fetched for a layer (<= its in-edges):
+            # the fetched rows and the all-to-all's receive buffer are alive together (fetch_owned_rows)
+            neighbours = 2 * FLOAT * d * min(nodes, 2 * e_tr / n)
             work = 3 * own + neighbours + fusion_chunk
             add("inference: own block's edges", 4 * INDEX * 2 * e_tr / n, "inference", note="range_block, host")
         else:
