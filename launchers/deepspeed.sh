@@ -66,12 +66,7 @@ if has --no_ssh; then
     has "$f" || { echo "$0: --no_ssh (one launcher per node) needs $f, the same on every node except --node_rank" >&2; exit 2; }
   done
 elif ! has --master_port; then
-  port=$("$PY" -c 'import random, socket
-for port in random.SystemRandom().sample(range(20000, 32000), 200):  # below the ephemeral range (32768-60999)
-    with socket.socket() as s:
-        try: s.bind(("", port))
-        except OSError: continue
-        print(port); break')
+  port=$("$PY" -c 'from metammf_dist.distributed.process_group import free_port; print(free_port(""))')
   extra+=(--master_port "$port")
 fi
 

@@ -184,6 +184,10 @@ class ShardedIdTables:
                 copy_range(parts, key, table.lo, table.hi, target, what=name)
 
 
+class RangeNotCovered(ValueError):
+    """Saved shards that do not cover the rows a rank asks for (written for another table size)."""
+
+
 def copy_range(parts: List[dict], key: str, lo: int, hi: int, out: torch.Tensor, what: str = "rows") -> None:
     """Fill ``out`` (rows ``[lo, hi)``) with ``part[key]`` of saved shards ``parts`` (each with its own ``lo`` /
     ``hi``, from any world size); every row must be covered."""
@@ -194,7 +198,7 @@ def copy_range(parts: List[dict], key: str, lo: int, hi: int, out: torch.Tensor,
             out[a - lo:b - lo] = part[key][a - part["lo"]:b - part["lo"]]
             filled += b - a
     if filled != hi - lo:
-        raise ValueError(f"{what}: the saved shards cover {filled:,} of rows {lo:,}..{hi:,}")
+        raise RangeNotCovered(f"{what}: the saved shards cover {filled:,} of rows {lo:,}..{hi:,}")
 
 
 def assemble(shards: List[dict]) -> Dict[str, torch.Tensor]:

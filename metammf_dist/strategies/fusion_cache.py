@@ -33,7 +33,7 @@ import torch
 import torch.distributed as tdist
 
 from metammf_dist.distributed.collectives import all_gather_rows, fetch_owned_rows, last_per_id, send_rows_to_owners
-from metammf_dist.distributed.sharded_ids import copy_range, row_block, row_range
+from metammf_dist.distributed.sharded_ids import RangeNotCovered, copy_range, row_block, row_range
 from metammf_dist.strategies.base import FullModel, Strategy, seed_counts
 
 
@@ -94,12 +94,15 @@ class FusionCache(Strategy):
             c = rnd * self.world_size + self.rank
             lo = min(c * self.chunk, self.num_items)
             hi = min(lo + self.chunk, self.num_items)
-            feats = np.asarray(self.store.gather_concat(np.arange(lo, hi, dtype=np.int64)), dtype=np.float32)
-            feats = feats.reshape(hi - lo, model.feat_dim)
-            out[lo:hi] = model.fuse(torch.from_numpy(feats).to(self.device)).float()
+            out[lo:hi] = self._fuse_rows(model, lo, hi)
         if self.distributed and self.world_size > 1:
             tdist.all_reduce(out)
         self.fused, self.refreshed_at = out, int(global_step)
+
+    def _fuse_rows(self, model, lo: int, hi: int) -> torch.Tensor:
+        """``[hi - lo, dim]`` fp32: the fusion outputs of items ``lo..hi-1`` (features read from the store)."""
+        feats = np.asarray(self.store.gather_concat(np.arange(lo, hi, dtype=np.int64)), dtype=np.float32)
+        return model.fuse(torch.from_numpy(feats.reshape(hi - lo, model.feat_dim)).to(self.device)).float()
 
     def lookup(self, item_ids: torch.Tensor) -> torch.Tensor:
         """Cached fusion rows of ``item_ids`` (``[n, dim]``, no gradient)."""
@@ -147,9 +150,7 @@ class ShardedFusionCache(FusionCache):
         for c in range(-(-self.block // self.chunk)):
             lo = min(self.lo + c * self.chunk, self.hi)
             hi = min(lo + self.chunk, self.hi)
-            feats = np.asarray(self.store.gather_concat(np.arange(lo, hi, dtype=np.int64)), dtype=np.float32)
-            feats = feats.reshape(hi - lo, model.feat_dim)
-            out[lo - self.lo:hi - self.lo] = model.fuse(torch.from_numpy(feats).to(self.device)).float()
+            out[lo - self.lo:hi - self.lo] = self._fuse_rows(model, lo, hi)
         self.fused, self.refreshed_at = out, int(global_step)
 
     def lookup(self, item_ids: torch.Tensor) -> torch.Tensor:
@@ -181,7 +182,7 @@ class ShardedFusionCache(FusionCache):
         out = torch.empty(self.hi - self.lo, self.dim, dtype=torch.float32, device=self.device)
         try:
             copy_range(shards, "fused", self.lo, self.hi, out, what="fusion cache")
-        except ValueError:  # the saved ranks do not cover this rank's items: refresh instead
+        except RangeNotCovered:  # the saved ranks do not cover this rank's items: refresh instead
             return False
         self.fused, self.refreshed_at = out, int(shards[0]["refreshed_at"])
         return True
