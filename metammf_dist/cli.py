@@ -25,6 +25,8 @@ COMMANDS = {
     "plan": ("metammf_dist.commands.plan", "predict per-rank memory for a config, world size and ZeRO stage"),
     "scale": ("metammf_dist.commands.scale", "scaling sweep over synthetic catalogs: CSV, markdown table, plots"),
     "bench": ("metammf_dist.commands.bench", "benchmarks: features | fusion | train | sampler | eval"),
+    "ablate": ("metammf_dist.commands.ablate", "seeded fusion ablation: variants x seeds, paired intervals (CSV, markdown)"),
+    "probe": ("metammf_dist.commands.probe", "linear probes of a run's meta vectors s_i (planted gate, modality, popularity)"),
 }
 
 

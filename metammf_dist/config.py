@@ -28,7 +28,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    fusion: str = "meta"  # meta | cp | static
+    fusion: str = "meta"  # meta | cp | static | none (ID-only: no fusion, no meta-learner; item_id_dim = user_id_dim)
     fusion_dims: List[int] = field(default_factory=lambda: [1024, 512, 256, 32])  # hidden..., output
     meta_dim: int = 5  # s, size of the item-specific meta vector
     meta_hidden: Optional[int] = None  # meta-learner hidden width; None = input feature dim (paper)
@@ -162,7 +162,7 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
 
 
 _CHOICES = {
-    "model.fusion": ("meta", "cp", "static"),
+    "model.fusion": ("meta", "cp", "static", "none"),
     "model.scorer": ("mf", "gcn"),
     "model.gcn_combine": ("last", "mean"),
     "model.feature_norm": ("none", "standardize"),
@@ -272,7 +272,15 @@ def validate(cfg: Config) -> Config:
         )
     if not cfg.model.gcn_dropout or not all(0.0 <= p < 1.0 for p in cfg.model.gcn_dropout):
         raise ConfigError(f"config key 'model.gcn_dropout': needs rates in [0, 1), got {cfg.model.gcn_dropout}")
-    if cfg.model.fusion_dims[-1] + cfg.model.item_id_dim != cfg.model.user_id_dim:
+    if cfg.model.fusion == "none":
+        if cfg.model.item_id_dim != cfg.model.user_id_dim:
+            raise ConfigError(
+                "config key 'model.item_id_dim': model.fusion=none (ID-only) needs model.item_id_dim = "
+                f"model.user_id_dim for dot-product scoring, got {cfg.model.item_id_dim} and {cfg.model.user_id_dim}"
+            )
+        if cfg.train.fusion_cache_refresh > 0:
+            raise ConfigError("config key 'train.fusion_cache_refresh': model.fusion=none has no fusion to cache; set it to 0")
+    elif cfg.model.fusion_dims[-1] + cfg.model.item_id_dim != cfg.model.user_id_dim:
         raise ConfigError(
             "config key 'model.user_id_dim': must equal model.fusion_dims[-1] + model.item_id_dim "
             f"({cfg.model.fusion_dims[-1]} + {cfg.model.item_id_dim}) for dot-product scoring, got {cfg.model.user_id_dim}"

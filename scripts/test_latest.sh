@@ -31,6 +31,8 @@ LATEST_TESTS=(
   tests/test_layout.py
   tests/test_precision.py
   tests/test_shared_graph.py
+  tests/test_cold_items.py
+  tests/test_ablation.py
 )
 rc=0
 .venv-latest/bin/python -m pytest -q -m "not slow" "${LATEST_TESTS[@]}" "$@" || rc=$?

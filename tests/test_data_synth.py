@@ -153,3 +153,27 @@ def test_bad_synth_arguments(argv, needle, tmp_path, capsys):
 def test_spec_validation_names_the_field():
     with pytest.raises(DataError, match="cold_frac"):
         SynthSpec(num_users=5, num_items=5, num_interactions=5, cold_frac=1.5).validate()
+
+
+def test_planted_fusion_gate_is_readable_from_the_features_and_decides_the_cluster(tmp_path):
+    from metammf_dist.ablation.probe import cross_fitted_r2, planted_gate
+
+    spec = SynthSpec(num_users=600, num_items=1500, num_interactions=6000, modalities={"image": 24, "text": 16},
+                     clusters=8, seed=4, planted_fusion=True, dtype="float32")
+    planted = plant(spec)
+    assert planted.gate.shape == (1500, 2) and np.allclose(planted.gate.sum(1), 1.0)
+    dominant = planted.gate.argmax(1)
+    np.testing.assert_array_equal(planted.item_cluster, planted.modality_cluster[np.arange(1500), dominant])
+    assert 0.2 < (dominant == 0).mean() < 0.8  # both modalities dominate some items
+    assert (planted.modality_cluster[:, 0] != planted.modality_cluster[:, 1]).mean() > 0.7  # modalities disagree
+    meta = generate(spec, tmp_path / "p")
+    assert meta["source"]["planted_fusion"] is True
+    np.testing.assert_array_equal(planted_gate(Dataset.open(tmp_path / "p").meta), planted.gate)
+    feats = Dataset.open(tmp_path / "p").feature_store().gather_concat(np.arange(1500))
+    # each modality's gate logit is a linear readout of that modality's features; the gate (a softmax of them)
+    # mostly so
+    assert cross_fitted_r2(feats[:, :24], planted.gate_logits[:, 0]) > 0.8
+    assert cross_fitted_r2(feats[:, 24:], planted.gate_logits[:, 1]) > 0.8
+    assert cross_fitted_r2(feats, planted.gate) > 0.7
+    # off by default: no gate (and the default catalog draws exactly what it drew before the option existed)
+    assert plant(SPEC).gate is None and planted_gate(Dataset.open(tmp_path / "p").meta | {"source": {}}) is None

@@ -27,6 +27,8 @@ ALLOWED = {
     "strategies": {"distributed", "errors", "config"},
     "train": {"config", "errors", "procmem", "data", "graph", "sampler", "model", "strategies", "distributed",
               "evaluation"},
+    # a tools folder: drives `train` as a child process, reads run folders (restore) and datasets
+    "ablation": {"config", "errors", "data", "model", "train", "distributed"},
 }
 FORBIDDEN_THIRD_PARTY = {"model": {"deepspeed", "horovod"}, "graph": {"deepspeed"}, "sampler": {"deepspeed"},
                          "evaluation": {"deepspeed"}, "data": {"deepspeed", "torch.distributed"}}

@@ -1,4 +1,5 @@
-"""``metammf-dist evaluate RUN_DIR [--split test] [--checkpoint best|latest]``: rank in full, print metrics JSON."""
+"""``metammf-dist evaluate RUN_DIR [--split test] [--checkpoint best|latest]``: rank in full, print metrics JSON
+(on test also warm-item and cold-item metrics when some item has no train interaction: ``evaluation/item_groups``)."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import torch
 
+    from metammf_dist.evaluation.item_groups import cold_item_mask, evaluate_item_groups
     from metammf_dist.evaluation.ranking import evaluate_full_ranking
     from metammf_dist.train.inference import compute_vectors, split_csr
     from metammf_dist.train.restore import restore
@@ -29,8 +31,13 @@ def run(args) -> int:
                                            cfg.eval.item_chunk, device=device)
     exclude = ["train"] if args.split == "valid" else ["train", "valid"]
     truth, excl, users = split_csr(ds, args.split, exclude, cfg.eval.max_users)
-    metrics = evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=tuple(cfg.eval.ks),
-                                    user_chunk=cfg.eval.user_chunk)
+    cold = cold_item_mask(ds.interactions("train")[1], ds.num_items)
+    if args.split == "test" and bool(cold.any()):  # the same scores, also ranked by item group
+        metrics = evaluate_item_groups(user_vecs, item_vecs, excl, truth, users, cold, tuple(cfg.eval.ks),
+                                       cfg.eval.user_chunk)
+    else:
+        metrics = evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=tuple(cfg.eval.ks),
+                                        user_chunk=cfg.eval.user_chunk)
     metrics = {k: float(v) for k, v in metrics.items()}
     if args.popularity:
         from metammf_dist.evaluation.popularity import evaluate_popularity

@@ -1,7 +1,8 @@
 """``metammf-dist synth OUT --users U --items I --interactions E --modality image:128 ...``.
 
-Generates a synthetic catalog with planted structure (clusters, Zipf popularity, feature signal; see
-``data.synth``) in the canonical form, streamed in bounded memory.  Same arguments -> same bytes.
+Generates a synthetic catalog with planted structure (clusters, Zipf popularity, feature signal; with
+``--planted-fusion`` an item-specific gate over the modalities; see ``data.synth``) in the canonical form,
+streamed in bounded memory.  Same arguments -> same bytes.
 """
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--valid-frac", type=float, default=0.1)
     parser.add_argument("--test-frac", type=float, default=0.1)
-    parser.add_argument("--cold-frac", type=float, default=0.0,
+    parser.add_argument("--cold-items", "--cold-frac", dest="cold_frac", type=float, default=0.0, metavar="FRAC",
                         help="fraction of items whose interactions all go to valid/test (cold start)")
+    parser.add_argument("--planted-fusion", action="store_true",
+                        help="items carry a gate that decides how their modalities combine (item-specific fusion; "
+                             "see data/synth.py)")
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     parser.add_argument("--clusters", type=int, default=0, help="planted latent clusters (0 = auto)")
     parser.add_argument("--zipf", type=float, default=0.9, help="popularity exponent")
@@ -51,7 +55,7 @@ def run(args) -> int:
     spec = SynthSpec(num_users=args.users, num_items=args.items, num_interactions=args.interactions,
                      modalities=parse_modalities(args.modality), seed=args.seed, valid_frac=args.valid_frac,
                      test_frac=args.test_frac, cold_frac=args.cold_frac, dtype=args.dtype, clusters=args.clusters,
-                     zipf=args.zipf)
+                     zipf=args.zipf, planted_fusion=args.planted_fusion)
     started = time.perf_counter()
     meta = generate(spec, args.out, shard_size=args.shard_size, overwrite=args.overwrite,
                     storage_options=parse_storage_options(args.storage_options))

@@ -20,6 +20,8 @@ MMGCN numbers items after users (item node id = num_users + item row).  Rule use
 Repeated items of one user are kept once (first occurrence).  There is no split in this layout, so each
 user's items are split at random with ``--split-seed`` (default 2023) by ``splits.per_user_split``: 10%
 valid / 10% test (at least one of each) for users with >= 3 items, everything in train otherwise.
+``--cold-items FRAC`` then holds that fraction of the items out of train entirely (``splits.hold_out_items``,
+drawn with the same seed on a stream of its own).
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ from typing import Optional
 import numpy as np
 
 from metammf_dist.data.dataset import DatasetWriter
-from metammf_dist.data.mmrec import check_same_rows, choose_dtype, load_feature_array, stream_features
-from metammf_dist.data.splits import per_user_split
+from metammf_dist.data.mmrec import COLD_STREAM, check_same_rows, choose_dtype, load_feature_array, stream_features
+from metammf_dist.data.splits import hold_out_items, per_user_split
 from metammf_dist.errors import DataError
 
 DICT_PATTERN = "user_item_dict*.npy"
@@ -48,8 +50,10 @@ def pickle_refusal(src) -> str:
 
 def import_mmgcn(src, out, *, allow_pickle: bool = False, split_seed: int = DEFAULT_SPLIT_SEED,
                  dtype: str = "auto", shard_size: int = 65536, overwrite: bool = False,
-                 storage_options: Optional[dict] = None, chunk_rows: int = CHUNK_ROWS) -> dict:
-    """Convert a MetaMMF/MMGCN folder to the canonical form at ``out``; returns the written ``dataset.json``."""
+                 storage_options: Optional[dict] = None, chunk_rows: int = CHUNK_ROWS, cold_items: float = 0.0) -> dict:
+    """Convert a MetaMMF/MMGCN folder to the canonical form at ``out``; returns the written ``dataset.json``.
+    ``cold_items`` > 0: that fraction of the items (drawn with ``split_seed``, a stream of its own, so the per-user
+    split is the same as without) lose their train interactions to valid/test, half to each."""
     if not allow_pickle:
         raise DataError(pickle_refusal(src))
     src = Path(src)
@@ -68,6 +72,11 @@ def import_mmgcn(src, out, *, allow_pickle: bool = False, split_seed: int = DEFA
     modalities = {name: int(arr.shape[1]) for name, arr in features.items()}
     source = {"format": "mmgcn", "path": str(src.resolve()), "dict_file": dict_path.name, "feature_files": files,
               "item_id_offset": offset, "split_rule": f"per-user {VALID_FRAC:g} valid / {TEST_FRAC:g} test"}
+    if cold_items > 0:
+        share = VALID_FRAC / (VALID_FRAC + TEST_FRAC)
+        splits, cold = hold_out_items(items, splits, num_items, cold_items, share,
+                                      np.random.default_rng([int(split_seed), COLD_STREAM]))
+        source.update(cold_items=int(cold.sum()), cold_frac=float(cold_items), cold_valid_share=share)
     with DatasetWriter(out, num_users=num_users, num_items=num_items, modalities=modalities, dtype=store_dtype,
                        shard_size=shard_size, storage_options=storage_options, overwrite=overwrite) as writer:
         writer.add_interactions(users, items, splits)

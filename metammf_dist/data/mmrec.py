@@ -7,6 +7,10 @@ SRC is a local folder holding
 * one or more ``<modality>_feat.npy``: a 2-D numeric array per modality (``image``, ``audio``, ``text``,
   ...), row i = item i.  Modalities are stored in alphabetical order of their names.
 
+``cold_items`` (``--cold-items FRAC``) holds a seeded fraction of the items out of train entirely
+(``splits.hold_out_items``); the draw is recorded in ``dataset.json`` (``source.cold_items``, ``cold_frac``,
+``split_seed``).
+
 Ids are used as given: ``num_users = max userID + 1`` and ``num_items`` = the feature row count.  Every
 check runs before anything is written, except the NaN/Inf scan, which runs while the features stream (in
 chunks from memory-mapped files) into the store; a failure there removes the partial output.
@@ -21,16 +25,22 @@ import numpy as np
 import pandas as pd
 
 from metammf_dist.data.dataset import DatasetWriter
+from metammf_dist.data.splits import SPLIT_CODES, hold_out_items
 from metammf_dist.errors import DataError
 
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 FEATURE_SUFFIX = "_feat.npy"
 CHUNK_ROWS = 8192
+DEFAULT_COLD_SEED = 2023
+COLD_STREAM = 1  # the cold-item draw's RNG stream: default_rng([split_seed, COLD_STREAM])
 
 
 def import_mmrec(src, out, *, dtype: str = "auto", shard_size: int = 65536, overwrite: bool = False,
-                 storage_options: Optional[dict] = None, chunk_rows: int = CHUNK_ROWS) -> dict:
-    """Convert an MMRec folder to the canonical form at ``out``; returns the written ``dataset.json``."""
+                 storage_options: Optional[dict] = None, chunk_rows: int = CHUNK_ROWS, cold_items: float = 0.0,
+                 split_seed: int = DEFAULT_COLD_SEED) -> dict:
+    """Convert an MMRec folder to the canonical form at ``out``; returns the written ``dataset.json``.
+    ``cold_items`` > 0: that fraction of the items (drawn with ``split_seed``) lose their train interactions to
+    valid/test (``splits.hold_out_items``), each to valid with the source's valid / (valid + test) share."""
     src = Path(src)
     if not src.is_dir():
         raise DataError(f"{src}: not a folder (expected an MMRec dataset folder)")
@@ -45,12 +55,22 @@ def import_mmrec(src, out, *, dtype: str = "auto", shard_size: int = 65536, over
     modalities = {name: int(arr.shape[1]) for name, arr in features.items()}
     source = {"format": "mmrec", "path": str(src.resolve()), "inter_file": inter_path.name,
               "feature_files": {name: f"{name}{FEATURE_SUFFIX}" for name in features}}
+    seed = None
+    if cold_items > 0:
+        held = np.isin(labels, (SPLIT_CODES["valid"], SPLIT_CODES["test"]))
+        if not held.any():
+            raise DataError(f"{inter_path}: --cold-items needs valid or test interactions (cold items live there)")
+        share = float((labels == SPLIT_CODES["valid"]).sum()) / float(held.sum())
+        labels, cold = hold_out_items(items, labels, num_items, cold_items, share,
+                                      np.random.default_rng([int(split_seed), COLD_STREAM]))
+        source.update(cold_items=int(cold.sum()), cold_frac=float(cold_items), cold_valid_share=round(share, 6))
+        seed = int(split_seed)
     with DatasetWriter(out, num_users=num_users, num_items=num_items, modalities=modalities, dtype=store_dtype,
                        shard_size=shard_size, storage_options=storage_options, overwrite=overwrite) as writer:
         writer.add_interactions(users, items, labels)
         for chunk in stream_features(features, src, store_dtype, chunk_rows):
             writer.add_features(chunk)
-        return writer.commit(source=source, split_seed=None)
+        return writer.commit(source=source, split_seed=seed)
 
 
 # ---------------------------------------------------------------------------- interactions

@@ -13,6 +13,11 @@ Per-user split rule (``per_user_split``), used when a source has no split of its
   ``numpy.random.Generator`` - so the same seed gives the same split.
 
 ``round`` is round-half-up (2.5 -> 3), not Python's banker's rounding.
+
+Cold items (``hold_out_items``, ``--cold-items FRAC`` of ``prepare`` and ``synth``): ``round(FRAC * num_items)``
+items drawn at random (seeded) lose every train interaction: each moves to valid with probability
+``valid_share``, else to test.  Such an item (like any item without a train interaction) can only be ranked
+from its features.
 """
 from __future__ import annotations
 
@@ -83,3 +88,22 @@ def per_user_split(counts: np.ndarray, valid_frac: float, test_frac: float,
     codes[rank < (n_test + n_valid)[segment]] = SPLIT_CODES["valid"]
     codes[rank < n_test[segment]] = SPLIT_CODES["test"]
     return codes
+
+
+def hold_out_items(items: np.ndarray, splits: np.ndarray, num_items: int, frac: float, valid_share: float,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(new split codes, cold flags ``[num_items]``): ``round(frac * num_items)`` random items are cold and their
+    train interactions move to valid (probability ``valid_share``) or test; ``splits`` is not modified."""
+    if not 0.0 <= frac < 1.0:
+        raise DataError(f"--cold-items must be in [0, 1), got {frac}")
+    if not 0.0 <= valid_share <= 1.0:
+        raise DataError(f"cold items: valid share must be in [0, 1], got {valid_share}")
+    cold = np.zeros(num_items, dtype=bool)
+    n_cold = int(np.floor(frac * num_items + 0.5))
+    if n_cold:
+        cold[rng.choice(num_items, size=n_cold, replace=False)] = True
+    splits = np.array(splits, dtype=np.int8, copy=True)
+    move = cold[np.asarray(items, dtype=np.int64)] & (splits == SPLIT_CODES["train"])
+    to_valid = rng.random(int(move.sum())) < valid_share
+    splits[move] = np.where(to_valid, SPLIT_CODES["valid"], SPLIT_CODES["test"]).astype(np.int8)
+    return splits, cold

@@ -21,6 +21,24 @@ Generative model (all seeded; the same ``SynthSpec`` gives byte-identical output
   the items (chosen at random) are cold: their train interactions are moved to valid/test, so they can
   only be ranked from features.
 
+**Planted item-specific fusion** (``planted_fusion``, ``synth --planted-fusion``; off by default, and with it
+off every byte above is unchanged).  The modalities no longer share one latent; each item carries a gate that
+decides how its modalities combine:
+
+* **Modality latents.** Per modality m the item has its own cluster ``a_im`` (drawn with the cluster sizes,
+  independently across modalities) and latent ``z_im = c_{a_im} + 0.6 * N(0, I_d)``.
+* **Gate.** Logits ``l_i ~ N(0, GATE_SPREAD² I_M)`` over the M modalities, gate ``g_i = softmax(l_i)``.
+* **Features.** ``x_im = z_im W_m + GATE_SIGNAL * l_im * u_m + feature_noise * N(0, I)``: modality m shows its
+  own latent and, along a fixed random unit direction ``u_m``, its own gate logit, so the gate is a (softmax)
+  function of linear readouts of the features.
+* **Behaviour.** Item i behaves as the cluster of its dominant modality ``m_i = argmax_m g_im``: its cluster is
+  ``a_i = a_{i,m_i}``, and interactions follow ``a_i`` exactly as above (users' clusters drawn with the
+  clusters' item shares).  The item latent is ``z_i = Σ_m w_im z_im`` with per-item weights
+  ``w_i = onehot(argmax g_i)`` over the modality latents: a multiplicative, item-dependent function of the
+  features, in which the gate (read from the features) switches between modality-specific maps - what a meta
+  fusion layer ``W_i = M + Σ_k s_ik T_k`` expresses with ``s_i`` tracking the gate, and one static MLP can only
+  approximate.  ``Planted.gate`` is the target of the meta-vector probe (``ablation/probe.py``).
+
 Streaming: item features are generated ``item_chunk`` items at a time straight into the feature store;
 interactions ``~draw_chunk`` draws at a time straight into Parquet.  Each chunk has its own RNG stream
 (``default_rng([seed, stream, chunk])``), so memory is bounded by the chunk sizes plus a few bytes per
@@ -38,8 +56,10 @@ from metammf_dist.data.splits import SPLIT_CODES, check_fractions, per_user_spli
 from metammf_dist.errors import DataError
 
 # RNG stream ids (second entry of the seed sequence)
-_PLANT, _PROJECTION, _FEATURES, _INTERACTIONS = 0, 1, 2, 3
+_PLANT, _PROJECTION, _FEATURES, _INTERACTIONS, _GATE = 0, 1, 2, 3, 4
 LATENT_NOISE = 0.6
+GATE_SPREAD = 1.5  # std of the planted gate logits (planted_fusion)
+GATE_SIGNAL = 4.0  # length of a modality's gate-logit direction in its features (planted_fusion)
 DEDUPE_ROUNDS = 8  # preference-driven redraw rounds before falling back to uniform fill
 
 
@@ -61,6 +81,7 @@ class SynthSpec:
     secondary_frac: float = 0.25
     activity_sigma: float = 1.0
     feature_noise: float = 1.0
+    planted_fusion: bool = False  # items carry a gate over their modalities (module docstring)
     item_chunk: int = 16384
     draw_chunk: int = 1 << 20
 
@@ -110,6 +131,11 @@ class Planted:
     global_cum: np.ndarray  # [I] cumulative popularity
     by_cluster: np.ndarray  # [I] item ids sorted by cluster
     cluster_key: np.ndarray  # [I] cluster + within-cluster cumulative share, in by_cluster order
+    # planted_fusion only (else None)
+    modality_cluster: Optional[np.ndarray] = None  # [I, M] int32: a_im
+    gate_logits: Optional[np.ndarray] = None  # [I, M] float64: l_i
+    gate: Optional[np.ndarray] = None  # [I, M] float64: softmax(l_i), the planted gate
+    gate_directions: Optional[dict] = None  # modality -> [dim] float32 unit vector u_m
 
 
 def plant(spec: SynthSpec) -> Planted:
@@ -139,6 +165,11 @@ def plant(spec: SynthSpec) -> Planted:
     for m, (name, dim) in enumerate(spec.modalities.items()):
         prng = np.random.default_rng([spec.seed, _PROJECTION, m])
         projections[name] = (prng.standard_normal((d, int(dim))) / np.sqrt(d)).astype(np.float32)
+    gated = {}
+    if spec.planted_fusion:
+        gated = _plant_gate(spec, sizes)
+        item_cluster = gated["item_cluster"]
+        user_primary, user_secondary = gated["user_primary"], gated["user_secondary"]
 
     by_cluster = np.argsort(item_cluster, kind="stable")
     sorted_cluster = item_cluster[by_cluster]
@@ -154,7 +185,39 @@ def plant(spec: SynthSpec) -> Planted:
     global_cum[-1] = 1.0
     return Planted(centers=centers, item_cluster=item_cluster, popularity=popularity, cold=cold,
                    user_primary=user_primary, user_secondary=user_secondary, activity=activity,
-                   projections=projections, global_cum=global_cum, by_cluster=by_cluster, cluster_key=cluster_key)
+                   projections=projections, global_cum=global_cum, by_cluster=by_cluster, cluster_key=cluster_key,
+                   modality_cluster=gated.get("modality_cluster"), gate_logits=gated.get("gate_logits"),
+                   gate=gated.get("gate"), gate_directions=gated.get("gate_directions"))
+
+
+def _plant_gate(spec: SynthSpec, sizes: np.ndarray) -> dict:
+    """The planted-fusion structure (module docstring), from a stream of its own: modality clusters, gate
+    logits and gate, each item's behavioural cluster, users' clusters drawn with the clusters' item shares,
+    and the gate directions ``u_m``."""
+    rng = np.random.default_rng([spec.seed, _GATE])
+    n_items, n_users, k = spec.num_items, spec.num_users, spec.num_clusters
+    n_mod = len(spec.modalities)
+    modality_cluster = rng.choice(k, size=(n_items, n_mod), p=sizes).astype(np.int32)
+    logits = GATE_SPREAD * rng.standard_normal((n_items, n_mod))
+    gate = np.exp(logits - logits.max(1, keepdims=True))
+    gate /= gate.sum(1, keepdims=True)
+    chosen = gate.argmax(1)  # the dominant modality decides the behaviour
+    item_cluster = modality_cluster[np.arange(n_items), chosen].astype(np.int32)
+    share = np.bincount(item_cluster, minlength=k) / n_items
+    user_primary = rng.choice(k, size=n_users, p=share).astype(np.int32)
+    user_secondary = user_primary.copy()
+    if int((share > 0).sum()) > 1:  # a different non-empty cluster
+        other = np.broadcast_to(share, (n_users, k)).copy()
+        other[np.arange(n_users), user_primary] = 0.0
+        cum = np.cumsum(other, 1)
+        pick = rng.random(n_users) * cum[:, -1]
+        user_secondary = (pick[:, None] >= cum).sum(1).clip(max=k - 1).astype(np.int32)
+    directions = {}
+    for m, (name, dim) in enumerate(spec.modalities.items()):
+        u = np.random.default_rng([spec.seed, _GATE, 1 + m]).standard_normal(int(dim))
+        directions[name] = (u / np.linalg.norm(u)).astype(np.float32)
+    return {"modality_cluster": modality_cluster, "gate_logits": logits, "gate": gate, "item_cluster": item_cluster,
+            "user_primary": user_primary, "user_secondary": user_secondary, "gate_directions": directions}
 
 
 def _draw_activity(spec: SynthSpec, rng: np.random.Generator) -> np.ndarray:
@@ -181,11 +244,26 @@ def item_features(spec: SynthSpec, planted: Planted, lo: int, hi: int) -> dict:
     spec and ``lo`` (a multiple of ``item_chunk``), so chunks can be generated in any order."""
     rng = np.random.default_rng([spec.seed, _FEATURES, lo // spec.item_chunk])
     n = hi - lo
+    if planted.gate is not None:
+        return _gated_features(spec, planted, lo, hi, rng)
     z = planted.centers[planted.item_cluster[lo:hi]].astype(np.float32)
     z += LATENT_NOISE * rng.standard_normal((n, spec.latent_dim), dtype=np.float32)
     out = {}
     for name, w in planted.projections.items():
         x = z @ w
+        x += spec.feature_noise * rng.standard_normal(x.shape, dtype=np.float32)
+        out[name] = x
+    return out
+
+
+def _gated_features(spec: SynthSpec, planted: Planted, lo: int, hi: int, rng: np.random.Generator) -> dict:
+    """planted_fusion: ``x_im = z_im W_m + GATE_SIGNAL * l_im * u_m + noise`` (module docstring)."""
+    out = {}
+    for m, (name, w) in enumerate(planted.projections.items()):
+        z = planted.centers[planted.modality_cluster[lo:hi, m]].astype(np.float32)
+        z += LATENT_NOISE * rng.standard_normal((hi - lo, spec.latent_dim), dtype=np.float32)
+        x = z @ w
+        x += (GATE_SIGNAL * planted.gate_logits[lo:hi, m:m + 1]).astype(np.float32) * planted.gate_directions[name]
         x += spec.feature_noise * rng.standard_normal(x.shape, dtype=np.float32)
         out[name] = x
     return out
@@ -284,7 +362,8 @@ def ensure_generated(spec: SynthSpec, out) -> str:
     if meta.is_file():
         source = json.loads(meta.read_text()).get("source", {})
         wanted = {k: v for k, v in asdict(spec).items() if k not in ("item_chunk", "draw_chunk")}
-        if all(source.get(k) == v for k, v in wanted.items()):
+        if all(source.get(k, False) == v if k == "planted_fusion" else source.get(k) == v  # older catalogs: off
+               for k, v in wanted.items()):
             return str(out)
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -198,8 +198,9 @@ class FusionNet(nn.Module):
             return x.new_zeros(x.shape[0], 0)
         return self.meta_learner(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.meta_vectors(x)
+    def forward(self, x: torch.Tensor, s: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``s``: meta vectors to use instead of ``meta_vectors(x)`` (probes: the fusion with the average item's s)."""
+        s = self.meta_vectors(x) if s is None else s
         h = x
         last = len(self.layers) - 1
         # in place: each layer returns a fresh tensor its own backward does not need, and LeakyReLU's

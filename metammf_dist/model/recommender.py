@@ -4,8 +4,19 @@
     user vector  v_u = e_u                    (user_id_dim = D)
     score(u, i)  = <v_u', v_i'>               (v' = v for MF, the GCN's output for the GCN scorer)
 
-Cold start: an item id ≥ ``num_items`` has no trained ID row; it gets its fusion part plus the mean of
-the item ID table, so new items with features can be scored at once.
+Cold items: an item with no train interaction (``set_train_items``) and an id ≥ ``num_items`` (a new item) have
+no trained ID row; both get their fusion part plus the mean of the TRAINED ID rows, everywhere (training, the
+item kNN graph, inference).  The mean, not the item's own row: an untrained row is its random initial draw
+(pushed around only by weight decay), noise that would rank cold items at random against each other; the mean
+trained row puts every cold item at the same ID offset, so cold items are ranked by their features alone,
+and against warm items with the catalog's average ID part.  (``model.fusion=none`` has no features: there all
+cold items tie.)
+
+``model.fusion=none`` (the ID-only ablation): no fusion and no meta-learner; the item vector is the ID row alone
+(``item_id_dim`` = ``user_id_dim``).
+
+Initial ID rows come from their own generator (``reset_id_rows``, seeded with ``train.seed`` by the trainer):
+user rows first, then item rows, so runs of one seed start from the same ID rows whatever the fusion kind.
 
 One training entry point for both scorers, ``forward_blocks(blocks, input_users, input_items,
 input_item_feats)``: the inputs are the (global) ids of the src nodes of ``blocks[0]`` — per node type —
@@ -27,18 +38,44 @@ from metammf_dist.model.registry import build_fusion, build_scorer
 
 
 class ColdStartEmbedding(nn.Embedding):
-    """ID table whose ids ≥ ``num_embeddings`` (no trained row: cold start) read the mean of all rows.
+    """ID table whose cold ids read the mean of the trained rows: ids ≥ ``num_embeddings`` (new items) and ids whose
+    ``trained`` flag is off (items with no train interaction; every flag is on until ``set_trained`` says otherwise).
 
     The mean is taken inside this module's own ``forward``, so wrappers that gather a module's
     parameters around its forward (e.g. ZeRO stage 3) see the whole table.
     """
 
+    def __init__(self, num_embeddings: int, embedding_dim: int, _weight: Optional[torch.Tensor] = None):
+        super().__init__(num_embeddings, embedding_dim, _weight=_weight)
+        self.register_buffer("trained", torch.ones(num_embeddings, dtype=torch.bool))
+
+    def set_trained(self, ids) -> None:
+        """Rows ``ids`` are trained (e.g. the items of the train interactions); every other row is cold."""
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise ValueError(f"set_trained: ids outside 0..{self.num_embeddings - 1}")
+        if ids.numel() == 0:
+            raise ValueError("set_trained: no trained row (no train interaction)")
+        mask = torch.zeros_like(self.trained)
+        mask[ids.to(mask.device)] = True
+        self.trained.copy_(mask)
+
+    def trained_mean(self) -> torch.Tensor:
+        """The mean of the trained rows, ``[embedding_dim]``."""
+        if bool(self.trained.all()):
+            return self.weight.mean(0)
+        weight = self.trained.to(self.weight.dtype).unsqueeze(1)
+        return (self.weight * weight).sum(0) / weight.sum()
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.numel() == 0 or int(ids.max()) < self.num_embeddings:
+        in_range = ids < self.num_embeddings
+        if ids.numel() == 0 or (bool(in_range.all()) and bool(self.trained[ids].all())):
             return super().forward(ids)
-        known = ids < self.num_embeddings
-        rows = super().forward(torch.where(known, ids, torch.zeros_like(ids)))
-        return torch.where(known.unsqueeze(-1), rows, self.weight.mean(0).expand_as(rows))
+        safe = torch.where(in_range, ids, torch.zeros_like(ids))
+        known = in_range & self.trained[safe]
+        rows = super().forward(safe)
+        # the mean carries no gradient: a cold item trains nothing (and sparse ID tables get row gradients only)
+        return torch.where(known.unsqueeze(-1), rows, self.trained_mean().detach().expand_as(rows))
 
 
 ID_INIT_BLOCK = 65536  # rows per independently seeded block of model.id_init=blocks
@@ -62,28 +99,30 @@ def init_id_rows(lo: int, hi: int, dim: int, seed: int, table: int, std: float) 
 
 class MetaMMFRecommender(nn.Module):
     """Parts, as attributes (grouped by ``summary.parameter_counts``): ``fusion`` (with
-    ``fusion.meta_learner``, also reachable as ``meta_learner``), ``user_emb``, ``item_emb``, and
-    ``gcn`` (``None`` for the MF scorer).
+    ``fusion.meta_learner``, also reachable as ``meta_learner``; ``None`` for ``model.fusion=none``),
+    ``user_emb``, ``item_emb``, and ``gcn`` (``None`` for the MF scorer).
 
-    ``model.id_init``: ``normal`` draws the ID rows from torch's global generator (after the fusion's
-    parameters); ``blocks`` draws them with ``init_id_rows`` from a seed taken when the model is built (torch's
+    ``model.id_init``: ``normal`` draws the ID rows ~ N(0, id_init_std²), redrawn by ``reset_id_rows`` from a
+    generator of their own (the training loop seeds it with ``train.seed`` alone, so every fusion kind starts
+    from the same ID rows); ``blocks`` draws them with ``init_id_rows`` from a seed taken when the model is built (torch's
     initial seed), without touching the global generator.  ``id_device="meta"`` leaves the ID tables
     unallocated (``blocks`` only): row-sharded tables then hold the rows (``distributed/sharded_ids.py``)."""
 
     def __init__(self, cfg: ModelConfig, num_users: int, num_items: int, feat_dim: int,
                  id_device: Optional[str] = None):
         super().__init__()
-        if cfg.fusion_dims[-1] + cfg.item_id_dim != cfg.user_id_dim:
+        fusion_out = 0 if cfg.fusion == "none" else cfg.fusion_dims[-1]
+        if fusion_out + cfg.item_id_dim != cfg.user_id_dim:
             raise ValueError(
-                f"model.user_id_dim must equal model.fusion_dims[-1] + model.item_id_dim "
-                f"({cfg.fusion_dims[-1]} + {cfg.item_id_dim}), got {cfg.user_id_dim}"
+                f"model.user_id_dim must equal the fusion output + model.item_id_dim "
+                f"({fusion_out} + {cfg.item_id_dim}), got {cfg.user_id_dim}"
             )
         if num_users <= 0 or num_items <= 0 or feat_dim <= 0:
             raise ValueError(f"need positive sizes, got users={num_users} items={num_items} feat_dim={feat_dim}")
         self.cfg = cfg
         self.num_users, self.num_items, self.feat_dim = num_users, num_items, feat_dim
         self.dim = cfg.user_id_dim
-        self.fusion = build_fusion(cfg, feat_dim)
+        self.fusion = None if cfg.fusion == "none" else build_fusion(cfg, feat_dim)
         if cfg.id_init == "blocks":
             self.id_seed = torch.initial_seed()
             sizes = {"item_emb": (num_items, cfg.item_id_dim), "user_emb": (num_users, cfg.user_id_dim)}
@@ -108,6 +147,18 @@ class MetaMMFRecommender(nn.Module):
         if cfg.item_knn > 0:  # filled by set_item_graph from the dataset (until then: each item its own neighbour)
             self.register_buffer("knn_index", torch.arange(num_items).unsqueeze(1).repeat(1, cfg.item_knn))
 
+    @torch.no_grad()
+    def reset_id_rows(self, generator: torch.Generator) -> None:
+        """Draw the user rows, then the item rows, ~ N(0, id_init_std²) from ``generator`` (float32 draws, so a
+        seed gives the same rows in any parameter dtype)."""
+        for table in (self.user_emb, self.item_emb):
+            rows = torch.randn(tuple(table.weight.shape), generator=generator) * self.cfg.id_init_std
+            table.weight.copy_(rows.to(table.weight.dtype))
+
+    def set_train_items(self, train_items) -> None:
+        """The items with a train interaction; every other item is cold (its ID part: the mean trained row)."""
+        self.item_emb.set_trained(torch.unique(torch.as_tensor(train_items, dtype=torch.long)))
+
     def init_id_rows(self, name: str, lo: int, hi: int) -> torch.Tensor:
         """Rows ``[lo, hi)`` of ID table ``name`` ("user_emb" / "item_emb") as ``model.id_init=blocks`` draws them."""
         dim = self.cfg.user_id_dim if name == "user_emb" else self.cfg.item_id_dim
@@ -119,6 +170,8 @@ class MetaMMFRecommender(nn.Module):
         for name, tensor in self.named_parameters():
             if name.split(".", 1)[0] not in ID_TABLES:
                 return tensor.dtype
+        for tensor in self.parameters():  # no dense parameter (model.fusion=none with the MF scorer): the tables'
+            return tensor.dtype
         return torch.float32
 
     @property
@@ -223,26 +276,41 @@ class MetaMMFRecommender(nn.Module):
 
     @property
     def fusion_out_dim(self) -> int:
-        """Width of the fusion part of an item vector (``model.fusion_dims[-1]``)."""
-        return self.cfg.fusion_dims[-1]
+        """Width of the fusion part of an item vector (``model.fusion_dims[-1]``; 0 for ``model.fusion=none``)."""
+        return 0 if self.fusion is None else self.cfg.fusion_dims[-1]
 
     @property
     def meta_learner(self) -> Optional[nn.Module]:
-        return self.fusion.meta_learner
+        return None if self.fusion is None else self.fusion.meta_learner
+
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        """Features as the fusion reads them: ``(feats - mean) / std`` with ``feature_norm: standardize``, on the
+        dense parameters' device and in their dtype; the standardisation itself runs in at least fp32 (the
+        statistics are fp32 buffers, also under bf16)."""
+        dtype = self.param_dtype
+        exact = dtype if dtype.itemsize >= 4 else torch.float32
+        feats = feats.to(device=self.param_device, dtype=exact)
+        if hasattr(self, "feat_mean"):
+            feats = (feats - self.feat_mean.to(exact)) / self.feat_std.to(exact)
+        return feats.to(dtype)
+
+    def meta_vectors(self, feats: torch.Tensor) -> torch.Tensor:
+        """The items' meta vectors ``s_i`` ``[n, meta_dim]`` (fusion kinds with a meta-learner only)."""
+        if self.meta_learner is None:
+            raise ValueError(f"model.fusion={self.cfg.fusion} has no meta-learner")
+        return self.meta_learner(self.normalize(feats))
 
     # ---- vectors -------------------------------------------------------------------------------
     def fuse(self, feats: torch.Tensor) -> torch.Tensor:
-        """The fusion part of item vectors: ``fusion((feats - mean) / std)`` -> ``[n, fusion_dims[-1]]``."""
-        param = next(self.fusion.parameters())
-        exact = param.dtype if param.dtype.itemsize >= 4 else torch.float32  # at least fp32, also under bf16
-        feats = feats.to(device=param.device, dtype=exact)
-        if hasattr(self, "feat_mean"):  # the statistics are fp32 buffers, also under bf16
-            feats = (feats - self.feat_mean.to(exact)) / self.feat_std.to(exact)
-        return self.fusion(feats.to(param.dtype))
+        """The fusion part of item vectors: ``fusion((feats - mean) / std)`` -> ``[n, fusion_dims[-1]]``
+        (``[n, 0]`` for ``model.fusion=none``)."""
+        if self.fusion is None:
+            return torch.zeros(feats.shape[0], 0, device=self.param_device, dtype=self.param_dtype)
+        return self.fusion(self.normalize(feats))
 
     def item_vectors(self, item_ids: torch.Tensor, feats: torch.Tensor,
                      fused_rest: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``[n, D]`` = fusion(feats) ⊕ ID row; ids ≥ num_items (cold start) get the mean ID row.
+        """``[n, D]`` = fusion(feats) ⊕ ID row; cold items get the mean trained ID row.
 
         ``fused_rest`` (fusion cache): precomputed fusion outputs of the items after the ``feats`` rows, used as
         they are (no gradient reaches the fusion through them); the ID rows of all ids stay live."""

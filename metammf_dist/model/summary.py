@@ -24,8 +24,8 @@ def _numel(module) -> int:
 def parameter_counts(model: nn.Module) -> Dict[str, int]:
     """Counts of an allocated ``MetaMMFRecommender`` (``total`` counts every parameter of the model)."""
     return {
-        "meta_learner": _numel(model.fusion.meta_learner),
-        "fusion_layers": _numel(model.fusion.layers),
+        "meta_learner": _numel(model.meta_learner),
+        "fusion_layers": 0 if model.fusion is None else _numel(model.fusion.layers),
         "item_id": _numel(model.item_emb),
         "user_id": _numel(model.user_emb),
         "gcn": _numel(model.gcn),
@@ -35,6 +35,8 @@ def parameter_counts(model: nn.Module) -> Dict[str, int]:
 
 def fusion_layer_parameters(kind: str, in_dim: int, out_dim: int, meta_dim: int, cp_rank: int) -> int:
     """Parameters of one fusion layer (see the shapes in ``fusion.py``)."""
+    if kind == "none":  # the ID-only model has no fusion layers
+        return 0
     static = in_dim * out_dim + out_dim  # M, bias
     if kind == "static":
         return static
@@ -48,13 +50,13 @@ def fusion_layer_parameters(kind: str, in_dim: int, out_dim: int, meta_dim: int,
 def count_parameters(cfg: ModelConfig, num_users: int, num_items: int, feat_dim: int) -> Dict[str, int]:
     """What ``parameter_counts(build_model(cfg, num_users, num_items, feat_dim))`` returns, without allocating."""
     counts = dict.fromkeys(GROUPS, 0)
-    if cfg.fusion != "static":
+    if cfg.fusion not in ("static", "none"):
         hidden = feat_dim if cfg.meta_hidden is None else cfg.meta_hidden
         counts["meta_learner"] = feat_dim * hidden + hidden + hidden * cfg.meta_dim + cfg.meta_dim
     widths = [feat_dim] + list(cfg.fusion_dims)
-    counts["fusion_layers"] = sum(
-        fusion_layer_parameters(cfg.fusion, a, b, cfg.meta_dim, cfg.cp_rank) for a, b in zip(widths[:-1], widths[1:])
-    )
+    if cfg.fusion != "none":
+        counts["fusion_layers"] = sum(fusion_layer_parameters(cfg.fusion, a, b, cfg.meta_dim, cfg.cp_rank)
+                                      for a, b in zip(widths[:-1], widths[1:]))
     counts["item_id"] = num_items * cfg.item_id_dim
     counts["user_id"] = num_users * cfg.user_id_dim
     if cfg.scorer == "gcn" and cfg.gcn_type == "sage":  # LightGCN propagation has no parameters

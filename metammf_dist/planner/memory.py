@@ -381,14 +381,14 @@ def _param_layout(cfg: Config, workload: Workload, with_ids: bool = True) -> Dic
     m = cfg.model
     ids = [workload.num_users * m.user_id_dim, workload.num_items * m.item_id_dim]
     tensors = list(ids) if with_ids else []
-    widths = [workload.feat_dim] + list(m.fusion_dims)
+    widths = [workload.feat_dim] + list(m.fusion_dims) if m.fusion != "none" else []  # none: no fusion layers
     for a, b in zip(widths[:-1], widths[1:]):
         tensors.append(a * b)
         if m.fusion == "meta":
             tensors.append(m.meta_dim * a * b)
         elif m.fusion == "cp":
             tensors += [a * m.cp_rank, m.cp_rank * b]
-    if m.fusion != "static":
+    if m.fusion not in ("static", "none"):
         hidden = workload.feat_dim if m.meta_hidden is None else m.meta_hidden
         tensors.append(workload.feat_dim * hidden)
     if m.scorer == "gcn" and m.gcn_type == "sage":  # LightGCN propagation has no weights

@@ -3,7 +3,8 @@
 Pipeline of one step (each stage takes -> gives):
 
 1. item sampler (``partition``): (seed, epoch, rank, world_size) -> this rank's positive edge ids;
-2. negative sampling (``negatives``): (seed, epoch, rank) -> ``num_negatives`` uniform items per positive;
+2. negative sampling (``negatives``): (seed, epoch, rank) -> ``num_negatives`` uniform items per positive
+   (items with a train interaction);
 3. relabelling (here): global (user, item) pairs -> output node arrays + pair indices into them;
 4. neighbour sampling / full-graph blocks (``neighbor``, ``full``): output nodes -> blocks + input nodes;
 5. feature fetch (``features``): input items -> ``item_feats``.
@@ -24,7 +25,7 @@ import torch
 
 from metammf_dist.graph.train_graph import train_edges
 from metammf_dist.sampler.features import prefetch
-from metammf_dist.sampler.negatives import draw_epoch_negatives
+from metammf_dist.sampler.negatives import draw_epoch_negatives, negative_pool
 from metammf_dist.sampler.partition import EdgePartition
 
 
@@ -106,6 +107,7 @@ class EdgeBatches:
         users, items = train_edges(graph)
         self.edge_users = torch.from_numpy(users)
         self.edge_items = torch.from_numpy(items)
+        self.negative_pool = negative_pool(self.edge_items, self.num_items)  # items with a train interaction
         self.num_negatives = int(num_negatives)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.num_workers = int(num_workers)
@@ -136,7 +138,8 @@ class EdgeBatches:
         # stage 2: negatives are drawn per edge id for the whole epoch, from a stream keyed by
         # (seed, epoch) only, so a positive gets the same negatives at any world size or rank.
         negatives = draw_epoch_negatives(
-            self.partition.num_edges, self.num_items, self.num_negatives, seed=self.seed, epoch=epoch
+            self.partition.num_edges, self.num_items, self.num_negatives, seed=self.seed, epoch=epoch,
+            pool=self.negative_pool,
         )
         for step, eids in enumerate(edge_batches):
             if step >= start_step:

@@ -7,8 +7,11 @@ The whole epoch is drawn at once from a ``torch.Generator`` seeded by (seed, epo
 every epoch, identical on a rerun or a resume, independent of how the epoch is consumed (a resumed run
 can slice from any step) and of the world size (each rank indexes its own edges' rows), so a 2-rank
 run sees exactly the negatives a single process with the same global batch sees.  Negatives are uniform
-over all items, so a negative may occasionally be one of the user's train positives (as in the
-reference implementation); with thousands of items this is rare and acts as label noise only.
+over the items that have a train interaction (``pool``; all items when every item has one, drawn exactly as
+``randint(0, num_items)``), so a negative may occasionally be one of the user's train positives (as in the
+reference implementation); with thousands of items this is rare and acts as label noise only.  Items with no
+train interaction are cold (held out, or new): they are never negatives, or training would teach the fusion
+that their features mean "not liked" before any user has seen them.
 """
 from __future__ import annotations
 
@@ -21,11 +24,21 @@ def negatives_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, epoch, TAG_NEGATIVES))
 
 
-def draw_epoch_negatives(num_pos: int, num_items: int, num_negatives: int, *, seed: int, epoch: int) -> torch.Tensor:
-    """Uniform item ids ``[num_pos, num_negatives]``: row ``e`` = negatives of train edge ``e`` this epoch."""
+def negative_pool(train_items: torch.Tensor, num_items: int):
+    """The item ids negatives are drawn from: the items with a train interaction, or None when that is every item."""
+    pool = torch.unique(torch.as_tensor(train_items, dtype=torch.int64))
+    return None if pool.numel() == num_items else pool
+
+
+def draw_epoch_negatives(num_pos: int, num_items: int, num_negatives: int, *, seed: int, epoch: int,
+                         pool=None) -> torch.Tensor:
+    """Uniform item ids ``[num_pos, num_negatives]``: row ``e`` = negatives of train edge ``e`` this epoch;
+    uniform over ``pool`` (sorted item ids) when given, else over all ``num_items`` items."""
     if num_negatives < 1:
         raise ValueError(f"train.num_negatives must be positive, got {num_negatives}")
-    if num_items < 1:
+    size = num_items if pool is None else int(pool.numel())
+    if size < 1:
         raise ValueError("negative sampling needs at least one item")
     gen = negatives_generator(seed, epoch)
-    return torch.randint(0, num_items, (num_pos, num_negatives), generator=gen, dtype=torch.int64)
+    draws = torch.randint(0, size, (num_pos, num_negatives), generator=gen, dtype=torch.int64)
+    return draws if pool is None else pool[draws]

@@ -4,7 +4,8 @@ One entry for every launcher (single process, torchrun, deepspeed launcher, Slur
 sample a mini-batch (rank-disjoint edges, seeded negatives, neighbour blocks) -> fetch the features of the
 batch's input items from the shard store -> BPR loss through the engine -> backward/step.  Every
 ``eval_every`` epochs the valid split is ranked in full; early stopping on ``eval.metric`` with
-``patience``; at the end the best checkpoint is loaded and the test split is ranked.
+``patience``; at the end the best checkpoint is loaded and the test split is ranked (overall, and by warm /
+cold items when some item has no train interaction).
 
 Big catalogs: a strategy (``metammf_dist/strategies``: the fusion cache, layer histories) is called through
 ``Strategy.prepare`` / ``after_step`` around each step and gives the model the rows it keeps across steps;
@@ -37,6 +38,7 @@ from metammf_dist.distributed.process_group import DistInfo, barrier, broadcast_
 from metammf_dist.distributed.sharded_ids import FILE_PREFIX as SHARD_PREFIX
 from metammf_dist.distributed.sharded_ids import ShardedIdTables, optimizer_state_tensors, row_block
 from metammf_dist.errors import TrainingError
+from metammf_dist.evaluation.item_groups import cold_item_mask, evaluate_item_groups
 from metammf_dist.evaluation.metrics import selection_value
 from metammf_dist.evaluation.ranking import evaluate_full_ranking, evaluate_item_sharded
 from metammf_dist.graph.shared import graph_key, node_shared_graph
@@ -154,6 +156,8 @@ class Trainer:
         return test
 
     def evaluate(self, split: str) -> dict:
+        """Full-ranking metrics of ``split``; the test split adds warm-item and cold-item metrics
+        (``evaluation/item_groups.py``) when some item has no train interaction."""
         exclude = ["train"] if split == "valid" else ["train", "valid"]
         truth, excl, users = split_csr(self.ds, split, exclude, self.cfg.eval.max_users)
         if isinstance(self.id_tables, ShardedIdTables):
@@ -163,8 +167,12 @@ class Trainer:
                 model, self.store, self.graph, self.ds.num_users, self.ds.num_items,
                 item_chunk=self.cfg.eval.item_chunk, device=self.info.device,
             )
-        return evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=tuple(self.cfg.eval.ks),
-                                     user_chunk=self.cfg.eval.user_chunk)
+        ks, chunk = tuple(self.cfg.eval.ks), self.cfg.eval.user_chunk
+        if split == "test":
+            cold = cold_item_mask(self.ds.interactions("train")[1], self.ds.num_items)
+            if bool(cold.any()):  # the same scores, also ranked by item group
+                return evaluate_item_groups(user_vecs, item_vecs, excl, truth, users, cold, ks, chunk)
+        return evaluate_full_ranking(user_vecs, item_vecs, excl, truth, users, ks=ks, user_chunk=chunk)
 
     def _evaluate_sharded(self, truth, excl, users) -> dict:
         """Row-sharded tables: each rank computes the vectors of the users and items it owns (the GCN's
@@ -370,11 +378,16 @@ class Trainer:
 
 
 def model_from_data(cfg: Config, ds, store, train_users, train_items) -> torch.nn.Module:
-    """The configured model with what it takes from the data: feature statistics (``model.feature_norm``),
-    train-graph degrees (LightGCN) and the item kNN graph (``model.item_knn``).  Draws its initial weights
-    from torch's global generator (seed it first).  Row-sharded ID tables are left unallocated here."""
+    """The configured model with what it takes from the data: the items with a train interaction (the others
+    are cold), feature statistics (``model.feature_norm``), train-graph degrees (LightGCN) and the item kNN
+    graph (``model.item_knn``).  Draws its fusion/GCN weights from torch's global generator (seed it first) and,
+    with ``model.id_init=normal``, its ID rows from a generator seeded with ``train.seed`` alone, so every fusion
+    kind starts from the same ID rows for a seed.  Row-sharded ID tables are left unallocated here."""
     id_device = "meta" if cfg.train.id_tables == "sharded" else None
     model = build_model(cfg.model, ds.num_users, ds.num_items, ds.feat_dim, id_device=id_device)
+    if cfg.model.id_init == "normal":
+        model.reset_id_rows(torch.Generator().manual_seed(cfg.train.seed))
+    model.set_train_items(train_items)
     if cfg.model.feature_norm == "standardize":
         model.set_feature_stats(*feature_moments(store))
     if cfg.model.scorer == "gcn" and cfg.model.gcn_type == "light":

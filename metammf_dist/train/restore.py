@@ -25,6 +25,7 @@ from metammf_dist.train.checkpoint import Checkpoints, load_module_state
 from metammf_dist.train.precision import to_bf16_as_trained
 
 PREFIX = "model."  # the engine wraps the recommender in BPRObjective(model)
+TRAINED_KEY = "item_emb.trained"  # which items had a train interaction (a buffer; derived from the dataset)
 
 
 def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best", trust: bool = False):
@@ -52,7 +53,10 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best", 
         except ValueError as exc:  # a shard missing, or shards of different catalogs
             raise TrainingError(f"checkpoint {ckpt.root / tag}: {exc}") from None
     model = build_model(cfg.model, ds.num_users, ds.num_items, ds.feat_dim)
+    train_u, train_i = ds.interactions("train")
+    model.set_train_items(train_i)
     own = model.state_dict()
+    state.setdefault(TRAINED_KEY, own[TRAINED_KEY])  # checkpoints from before the cold-item rule: from the data
     params = {name for name, _ in model.named_parameters()}
     for name, tensor in sorted(own.items(), key=lambda kv: kv[0] not in params):  # parameters first: clearer errors
         if name not in state:
@@ -68,7 +72,6 @@ def restore(run_dir: str, data_path: Optional[str] = None, which: str = "best", 
         to_bf16_as_trained(model, id_tables_outside=cfg.train.id_tables != "dense")
     model.eval()
     store = ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
-    train_u, train_i = ds.interactions("train")
     graph = build_train_graph(train_u, train_i, ds.num_users, ds.num_items, backend=cfg.train.graph_backend)
     return cfg, ds, store, graph, model, tag
 
