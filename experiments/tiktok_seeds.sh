@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Seed spread of one TikTok config: trains configs/tiktok.yaml + OVERRIDES once per seed (two runs at a time,
 # one thread each: OMP_NUM_THREADS=1 makes every run bit-reproducible), then prints each seed's best valid
-# eval.metric and test Recall@20 / NDCG@20, and their means (minimum in brackets).  What docs/results/tiktok.md's
+# eval.metric and test Recall@20 / NDCG@20, and their means (95 % interval, minimum).  What docs/results/tiktok.md's
 # tables were made with.  Run folders: runs/seeds/NAME-sSEED (checkpoints removed afterwards).
 #   bash experiments/tiktok_seeds.sh NAME [key=value ...]          SEEDS="2023 7 11 13" by default
 #   e.g. SEEDS="1 2 3 4" bash experiments/tiktok_seeds.sh config   /   bash experiments/tiktok_seeds.sh sage model.gcn_type=sage \
@@ -33,8 +33,10 @@ for seed in seeds:
     valid = max(float(v) for v in re.findall(r"valid \S+=([0-9.]+)", text))  # eval.metric at its best epoch
     rows.append((seed, valid, test["recall@20"], test["ndcg@20"], test["best_epoch"]))
     print(f"{name} seed {seed}: best valid {valid:.4f}  test R@20 {rows[-1][2]:.4f}  NDCG@20 {rows[-1][3]:.4f}  (epoch {rows[-1][4]})")
+from metammf_dist.ablation.stats import interval
 mean = lambda i: statistics.mean(r[i] for r in rows)
 low = lambda i: min(r[i] for r in rows)
-print(f"{name} mean over {len(rows)} seeds: best valid {mean(1):.4f}  test R@20 {mean(2):.4f} ({low(2):.4f})  "
-      f"NDCG@20 {mean(3):.4f} ({low(3):.4f})")
+half = lambda i: (interval([r[i] for r in rows]).high - mean(i)) if len(rows) > 1 else float("nan")
+print(f"{name} mean over {len(rows)} seeds (± 95 % Student-t half-width, lowest): best valid {mean(1):.4f}  "
+      f"test R@20 {mean(2):.4f} ± {half(2):.4f} ({low(2):.4f})  NDCG@20 {mean(3):.4f} ± {half(3):.4f} ({low(3):.4f})")
 PY
