@@ -55,7 +55,10 @@ class HorovodTrainer:
         self.model = model_from_data(cfg, self.ds, self.store, train_u, train_i)
         self.model.to(self.device)
         self.objective = BPRObjective(self.model)
-        hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
+        # rank 0's weights everywhere; bool buffers (which items had a train interaction) come from the data on
+        # every rank alike, and Horovod cannot broadcast bool tensors
+        hvd.broadcast_parameters({k: v for k, v in self.model.state_dict().items() if v.dtype != torch.bool},
+                                 root_rank=0)
         optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=self.model.named_parameters(),
                                                   op=hvd.Average)
