@@ -95,7 +95,7 @@ class HorovodTrainer:
             else:
                 bad += 1
             self._log({"epoch": epoch + 1, "split": "valid", "train_loss": loss,
-                       "epoch_s": time.perf_counter() - start, **metrics})
+                       "epoch_s": time.perf_counter() - start, **metrics}, value)
             if bad >= cfg.train.patience:
                 break
         if best_state is not None:
@@ -140,10 +140,10 @@ class HorovodTrainer:
             total, steps = total + float(loss.detach()), steps + 1
         return float(self.hvd.allreduce(torch.tensor(total / max(steps, 1)), name="epoch_loss"))
 
-    def _log(self, record: dict) -> None:
+    def _log(self, record: dict, value: float) -> None:
+        """Append ``record`` to metrics.jsonl and print the epoch line with ``value`` (the epoch's ``eval.metric``)."""
         if self.rank == 0:
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
-            value = selection_value(record, self.cfg.eval.metric)
             print(f"epoch {record['epoch']}: valid {self.cfg.eval.metric}={value:.4f} "
                   f"loss={record['train_loss']:.4f} ({record['epoch_s']:.1f}s)", flush=True)

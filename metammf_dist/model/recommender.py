@@ -170,7 +170,7 @@ class MetaMMFRecommender(nn.Module):
         for name, tensor in self.named_parameters():
             if name.split(".", 1)[0] not in ID_TABLES:
                 return tensor.dtype
-        for tensor in self.parameters():  # no dense parameter (model.fusion=none with the MF scorer): the tables'
+        for tensor in self.parameters():  # no dense parameter (model.fusion=none, MF scorer): the ID tables' dtype
             return tensor.dtype
         return torch.float32
 
