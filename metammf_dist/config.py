@@ -82,7 +82,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     ks: List[int] = field(default_factory=lambda: [10, 20])
-    item_chunk: int = 8192  # items per chunk when computing item vectors
+    item_chunk: int = 8192  # items (and, sharded, users) per chunk of evaluation's passes: fusion, each GCN layer
     user_chunk: int = 1024  # users per scoring chunk
     metric: str = "recall@20"  # early-stopping metric on the valid split; several joined by + are summed
     max_users: int = 0  # 0 = every user with interactions in the split; N = a fixed random N of them (big catalogs)

@@ -87,10 +87,13 @@ def test_ablate_tiny_catalog_rerun_is_bit_identical(tmp_path):
     # the table from the CSV alone
     report = run_cli("ablate", "--report", str(out / "results.csv"))
     assert report.stdout == (out / "results.md").read_text()
-    # a finished (variant, seed) is skipped; a removed one is trained again, to the same bits (one thread each)
+    # a finished (variant, seed) is skipped; removed ones are trained again, to the same bits (one thread each),
+    # also two at a time
     shutil.rmtree(out / "runs" / "meta-s2")
-    again = run_cli(*args, timeout=600)
-    assert "meta seed 2" in again.stdout and "meta seed 1" not in again.stdout and "static seed" not in again.stdout
+    shutil.rmtree(out / "runs" / "static-s1")
+    again = run_cli(*args, "--jobs", "2", timeout=600)
+    assert "meta seed 2" in again.stdout and "static seed 1" in again.stdout
+    assert "meta seed 1" not in again.stdout and "static seed 2" not in again.stdout
     assert _rows(out / "results.csv") == rows
 
 

@@ -291,3 +291,27 @@ def test_read_only_ids_are_copied_not_shared():
         csr = build_csr(ro_users, ro_items, 3)
     want = build_csr(users, items, 3)
     assert torch.equal(csr.indptr, want.indptr) and torch.equal(csr.indices, want.indices)
+
+
+def test_split_csr_with_sampled_users_keeps_only_their_rows(tiktok_dataset):
+    """``eval.max_users``: the truth and exclusion CSRs hold the ranked users' rows only (identical to the full
+    CSRs' rows), and the metrics of those users are the same as ranked with the full CSRs."""
+    from metammf_dist.data.dataset import Dataset
+    from metammf_dist.train.inference import split_csr
+
+    ds = Dataset.open(str(tiktok_dataset))
+    full_truth, full_excl, all_users = split_csr(ds, "test", ["train", "valid"])
+    truth, excl, users = split_csr(ds, "test", ["train", "valid"], max_users=500)
+    assert all_users.numel() == 6130 and users.numel() == 500
+    assert set(users.tolist()) <= set(all_users.tolist())
+    for full, part in ((full_truth, truth), (full_excl, excl)):
+        assert part.num_rows == full.num_rows == ds.num_users
+        lengths = part.row_lengths()
+        assert int(lengths.sum()) == int(full.row_lengths()[users].sum()) > 0
+        assert int((lengths > 0).sum()) <= 500 and bool((lengths[users] == full.row_lengths()[users]).all())
+        _, got, _ = part.gather(users)
+        _, want, _ = full.gather(users)
+        assert torch.equal(got, want)
+    train_items = ds.interactions("train")[1]
+    assert evaluate_popularity(train_items, ds.num_items, excl, truth, users) == \
+        evaluate_popularity(train_items, ds.num_items, full_excl, full_truth, users)

@@ -4,7 +4,8 @@
 ``VARIANTS`` below; ``static-wide`` on request) trains
 ``CONFIG + overrides + the variant's overrides + train.seed=S`` for S = 1..N, seed by seed (all variants of seed 1,
 then of seed 2, ...: a partial sweep stays paired), each as its own ``train`` process with ``OMP_NUM_THREADS=1``
-(bit-reproducible), in ``DIR/runs/VARIANT-sSEED`` (log beside it: ``VARIANT-sSEED.log``).  After each run:
+(bit-reproducible), in ``DIR/runs/VARIANT-sSEED`` (log beside it: ``VARIANT-sSEED.log``); ``--jobs J`` keeps J
+such processes running at once (one per core: the runs' results do not depend on it).  After each run:
 
 * the meta-vector probe (``probe.py``) of a variant with a meta-learner goes to ``RUN/probe.json`` (finished runs
   whose probe predates ``probe.PROBE_VERSION`` are probed again from their best checkpoint);
@@ -20,13 +21,16 @@ of their own: ``MetaMMFRecommender.reset_id_rows``; ``id``'s item table is wider
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 from metammf_dist.config import ConfigError, load_config
 from metammf_dist.distributed.process_group import child_env, train_command
@@ -111,8 +115,9 @@ def wide_static_dims(model_cfg, feat_dim: int) -> List[int]:
     return scaled(hi)
 
 
-def run_ablation(ab: Ablation, log: Callable[[str], None] = print) -> Path:
-    """Train every missing (variant, seed) of ``ab``; returns the CSV path (rewritten after every run)."""
+def run_ablation(ab: Ablation, log: Callable[[str], None] = print, jobs: int = 1) -> Path:
+    """Train every missing (variant, seed) of ``ab``, ``jobs`` runs at a time (each its own one-thread process;
+    seeds first, in order); returns the CSV path (rewritten after every run)."""
     ab.validate()
     out = Path(ab.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -120,6 +125,7 @@ def run_ablation(ab: Ablation, log: Callable[[str], None] = print) -> Path:
     plans = [plans] if isinstance(plans, dict) else plans  # one invocation, as a single object
     if asdict(ab) not in plans:  # every invocation that added runs here
         (out / PLAN_FILE).write_text(json.dumps(plans + [asdict(ab)], indent=1) + "\n")
+    todo = []
     for seed in ab.seeds:
         for variant in ab.variants:
             run_dir = ab.run_dir(variant, seed)
@@ -127,13 +133,28 @@ def run_ablation(ab: Ablation, log: Callable[[str], None] = print) -> Path:
                 if variant in WITH_META_LEARNER and not probe_is_current(run_dir):
                     write_probe(run_dir)
                 continue
-            log(f"ablate: {variant} seed {seed} -> {run_dir}")
-            train_one(ab, variant, seed)
-            write_results(ab, log)
+            todo.append((variant, seed))
+    probes = threading.Lock()  # the probes run in this process: one at a time
+
+    def one(variant: str, seed: int) -> None:
+        log(f"ablate: {variant} seed {seed} -> {ab.run_dir(variant, seed)}")
+        train_one(ab, variant, seed, probes)
+
+    with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:  # threads only wait for the run processes
+        futures = [pool.submit(one, variant, seed) for variant, seed in todo]
+        try:
+            for future in as_completed(futures):
+                future.result()
+                with probes:
+                    write_results(ab, log)
+        except BaseException:
+            for future in futures:
+                future.cancel()  # runs not started yet; those running finish (each resumable)
+            raise
     return write_results(ab, log)
 
 
-def train_one(ab: Ablation, variant: str, seed: int) -> None:
+def train_one(ab: Ablation, variant: str, seed: int, probes: Optional[threading.Lock] = None) -> None:
     run_dir = ab.run_dir(variant, seed)
     args = [ab.config, *ab.variant_args(variant, seed)] + (["--resume"] if run_dir.exists() else [])
     log_path = Path(str(run_dir) + ".log")
@@ -143,7 +164,8 @@ def train_one(ab: Ablation, variant: str, seed: int) -> None:
     if proc.returncode != 0:
         raise TrainingError(f"ablate: {variant} seed {seed} failed (exit {proc.returncode}); see {log_path}")
     if variant in WITH_META_LEARNER:
-        write_probe(run_dir)
+        with probes or contextlib.nullcontext():
+            write_probe(run_dir)
     keep_best_checkpoint(run_dir)
 
 

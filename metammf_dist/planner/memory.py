@@ -47,6 +47,7 @@ sampler for a few steps (``probe_blocks``).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
@@ -353,6 +354,20 @@ def _meta_weight_copies(cfg: Config, feat_dim: int) -> float:
     return float(sum(cfg.model.meta_dim * a * b for a, b in list(zip(widths[:-1], widths[1:]))[1:]))
 
 
+def _ranked_fraction(cfg: Config, workload: Workload) -> float:
+    """Share of the train and eval pairs the evaluation CSRs hold: ``eval.max_users`` of the split's users (their
+    expected count: users with at least one of the eval pairs, Poisson), else all (``inference.split_csr``)."""
+    if cfg.eval.max_users <= 0:
+        return 1.0
+    u = float(workload.num_users)
+    split_users = u * -math.expm1(-float(workload.eval_interactions) / u)
+    return min(1.0, cfg.eval.max_users / max(split_users, 1.0))
+
+
+def _ranked_note(ranked: float) -> str:
+    return "" if ranked >= 1.0 else f"eval.max_users: the ranked users' pairs only ({ranked:.2%})"
+
+
 def _gcn_floats(cfg: Config, blocks: BlockSizes) -> Dict[str, object]:
     """GraphSAGE (HeteroGraphConv of SAGEConv 'mean', sum aggregate) tensors kept for backward, in floats
     (also used for ``model.gcn_type=light``, whose scaled messages and sums are fewer: an upper bound).
@@ -652,11 +667,15 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         own = FLOAT * d * (u + i)
         chunk = min(float(cfg.eval.item_chunk), i)
         fusion_chunk = FLOAT * chunk * (fusion["saved"] + fusion["largest"])
-        if gcn:  # layer outputs of the own nodes, and the neighbours' rows fetched for a layer (<= its in-edges):
-            # the fetched rows and the all-to-all's receive buffer are alive together (fetch_owned_rows)
-            neighbours = 2 * FLOAT * d * min(nodes, 2 * e_tr / n)
+        if gcn:  # layer outputs of the own nodes, and the neighbours' rows fetched for one chunk of a layer (<= the
+            # chunk's in-edges; eval.item_chunk users and items): the fetched rows and the all-to-all's receive
+            # buffer are alive together (fetch_owned_rows)
+            per = float(cfg.eval.item_chunk)
+            chunk_edges = e_tr * (min(per, u) / float(workload.num_users) + min(per, i) / float(workload.num_items))
+            neighbours = 2 * FLOAT * d * min(nodes, chunk_edges)
             work = 3 * own + neighbours + fusion_chunk
-            add("inference: own block's edges", 4 * INDEX * 2 * e_tr / n, "inference", note="range_block, host")
+            add("inference: a chunk's in-edges", 4 * INDEX * chunk_edges, "inference",
+                note=f"range_block of {min(per, u):,.0f} users + {min(per, i):,.0f} items, host")
         else:
             work = own + fusion_chunk
         users_chunk = min(float(cfg.eval.user_chunk), float(workload.num_users))
@@ -664,9 +683,11 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         e_ev = float(workload.eval_interactions)
         add("inference: own vectors + GCN layer (sharded)", work, "inference", dev,
             f"{u + i:,.0f} own nodes x {d}")
-        add("inference: building the CSRs", SPLIT_CSR_TRANSIENT_PER_EDGE * e_tr, "inference")
+        ranked = _ranked_fraction(cfg, workload)
+        add("inference: building the CSRs", SPLIT_CSR_TRANSIENT_PER_EDGE * e_tr * ranked, "inference",
+            note=_ranked_note(ranked))
         add("ranking: own item vectors + a user chunk", FLOAT * d * (i + users_chunk), "ranking", dev)
-        add("ranking: exclusion/truth CSRs", INDEX * (e_tr + e_ev) + 2 * INDEX * float(workload.num_users),
+        add("ranking: exclusion/truth CSRs", INDEX * (e_tr + e_ev) * ranked + 2 * INDEX * float(workload.num_users),
             "ranking")
         add("ranking: score chunks (own items)", SCORE_CHUNKS_ALIVE * FLOAT * users_chunk * i, "ranking", dev,
             f"{SCORE_CHUNKS_ALIVE} x {users_chunk:,.0f} users x {i:,.0f} own items")
@@ -678,7 +699,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         vec = FLOAT * d * (u + i)
         chunk = min(float(cfg.eval.item_chunk), i)
         e_ev = float(workload.eval_interactions)
-        csr = INDEX * (e_tr + e_ev) + 2 * INDEX * u
+        ranked = _ranked_fraction(cfg, workload)
+        csr = INDEX * (e_tr + e_ev) * ranked + 2 * INDEX * u
         fusion_chunk = FLOAT * chunk * (fusion["saved"] + fusion["largest"])
         if gcn:
             # layer-0 vectors, each layer's output and the layer-mean stack (3 x the vectors, measured), one
@@ -690,7 +712,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
             work = max(vec + FLOAT * d * max(u, i), vec + fusion_chunk)
         users_chunk = min(float(cfg.eval.user_chunk), u)
         add("inference: vectors + full-graph pass", work, "inference", dev, f"{u + i:,.0f} nodes x {d}")
-        add("inference: building the CSRs", SPLIT_CSR_TRANSIENT_PER_EDGE * e_tr, "inference")
+        add("inference: building the CSRs", SPLIT_CSR_TRANSIENT_PER_EDGE * e_tr * ranked, "inference",
+            note=_ranked_note(ranked))
         add("ranking: user + item vectors", vec, "ranking", dev)
         add("ranking: exclusion/truth CSRs", csr, "ranking")
         add("ranking: score chunks", SCORE_CHUNKS_ALIVE * FLOAT * users_chunk * i, "ranking", dev,

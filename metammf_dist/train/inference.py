@@ -44,18 +44,28 @@ def sample_users(users: torch.Tensor, max_users: int, seed: int = 0) -> torch.Te
 
 def split_csr(ds, split: str, exclude_splits, max_users: int = 0):
     """Ground truth of ``split`` and the items to exclude from ranking (e.g. train (+ valid) items);
-    ``max_users`` > 0 ranks a fixed random subset of the split's users (``sample_users``)."""
+    ``max_users`` > 0 ranks a fixed random subset of the split's users (``sample_users``), and both CSRs then
+    hold only those users' rows (the others are empty): at 10M users the whole train split's CSR would be
+    ~5 GiB while it is built, for the 20k users ranked."""
     import numpy as np
 
     u, i = ds.interactions(split)
-    truth = build_csr(torch.from_numpy(u), torch.from_numpy(i), ds.num_users)
-    ex_u, ex_i = [], []
-    for s in exclude_splits:
-        a, b = ds.interactions(s)
-        ex_u.append(a)
-        ex_i.append(b)
-    exclude = build_csr(torch.from_numpy(np.concatenate(ex_u)), torch.from_numpy(np.concatenate(ex_i)), ds.num_users)
-    users = sample_users(torch.from_numpy(np.unique(u)), max_users)
+    split_users = np.unique(u)
+    users = sample_users(torch.from_numpy(split_users), max_users)
+    ranked = None  # a mask over user ids when only some users are ranked
+    if users.numel() < split_users.size:
+        ranked = np.zeros(ds.num_users, dtype=bool)
+        ranked[users.numpy()] = True
+
+    def pairs(a: np.ndarray, b: np.ndarray):
+        if ranked is None:
+            return torch.from_numpy(a), torch.from_numpy(b)
+        mask = ranked[a]
+        return torch.from_numpy(a[mask]), torch.from_numpy(b[mask])
+
+    truth = build_csr(*pairs(u, i), ds.num_users)
+    excluded = [pairs(*ds.interactions(s)) for s in exclude_splits]
+    exclude = build_csr(torch.cat([p[0] for p in excluded]), torch.cat([p[1] for p in excluded]), ds.num_users)
     return truth, exclude, users
 
 
@@ -66,37 +76,58 @@ def sharded_vectors(model, store, graph, num_users: int, num_items: int, rank: i
     and items it owns -> ``((user_lo, user_vecs), (item_lo, item_vecs))``, no rank holding any other row.
 
     Layer 0 is local (the owned items' fusion from their features ⊕ their ID rows, the owned users' ID rows).
-    The GCN then runs layer by layer over ``graph.range_block`` (the in-edges of the owned nodes): before each
-    layer the rows of the neighbours other ranks own are fetched from them (``collectives.fetch_owned_rows``),
-    so the result equals ``compute_vectors``' rows of those nodes."""
+    The GCN then runs layer by layer, and each layer in chunks of ``item_chunk`` owned users and items (the same
+    number of chunks on every rank): a chunk's in-edges (``graph.range_block``) and the rows of the neighbours
+    they reach, fetched from their owners (``collectives.fetch_owned_rows``), are all a rank holds beyond its own
+    layer outputs — so no rank holds the neighbourhood of its whole range at once.  Every node's aggregation sees
+    the same edges in the same order as in ``compute_vectors``, so the rows equal its rows of those nodes."""
     from metammf_dist.distributed.collectives import fetch_owned_rows
     from metammf_dist.distributed.sharded_ids import row_block, row_range
 
     was_training = model.training
     model.eval()
     try:
-        users, items = row_range(num_users, rank, world_size), row_range(num_items, rank, world_size)
+        own = {"user": row_range(num_users, rank, world_size), "item": row_range(num_items, rank, world_size)}
         blocks = {"user": row_block(num_users, world_size), "item": row_block(num_items, world_size)}
         item_rows = model.item_emb.local_weight()
         fused = [model.fuse(torch.from_numpy(feats).to(device))
-                 for _, _, feats in store.iter_range(items[0], items[1], item_chunk)]
+                 for _, _, feats in store.iter_range(*own["item"], item_chunk)]
         fused = torch.cat(fused) if fused else item_rows.new_zeros(0, model.fusion_out_dim)
         h = {"user": model.as_input_rows(model.user_emb.local_weight()),
              "item": torch.cat([fused.to(model.param_dtype), model.as_input_rows(item_rows)], dim=1)}
         if getattr(model, "gcn", None) is not None:
-            block = graph.range_block(users, items).to(device)  # the own nodes' in-edges only on the device
-            lo = {"user": users[0], "item": items[0]}
-            scale = model.inv_sqrt_degree(block.src_nids["user"], block.src_nids["item"])
+            chunks = max(1, -(-max(blocks.values()) // item_chunk))  # from global sizes: equal on every rank
             outputs = [h]
             for index in range(model.gcn.num_layers):
-                src = {}
-                for ntype in ("user", "item"):
-                    others = block.src_nids[ntype][block.num_dst_nodes(ntype):]
-                    src[ntype] = torch.cat([h[ntype], fetch_owned_rows(others, h[ntype], lo[ntype], blocks[ntype],
-                                                                       world_size)])
-                h = model.gcn.layer_forward(index, block, src, scale)
+                out = {ntype: None for ntype in h}
+                for c in range(chunks):
+                    part = {nt: (min(lo + c * item_chunk, hi), min(lo + (c + 1) * item_chunk, hi))
+                            for nt, (lo, hi) in own.items()}
+                    rows = _layer_chunk(model, graph, index, h, own, part, blocks, world_size, device,
+                                        fetch_owned_rows)
+                    for ntype, x in rows.items():
+                        if out[ntype] is None:
+                            out[ntype] = x.new_empty((own[ntype][1] - own[ntype][0],) + tuple(x.shape[1:]))
+                        out[ntype][part[ntype][0] - own[ntype][0]:part[ntype][1] - own[ntype][0]] = x
+                h = {ntype: x if x is not None else h[ntype][:0] for ntype, x in out.items()}
                 outputs.append(h)
             h = model.gcn.combine_layers(outputs)
-        return (users[0], h["user"].float()), (items[0], h["item"].float())
+        return (own["user"][0], h["user"].float()), (own["item"][0], h["item"].float())
     finally:
         model.train(was_training)
+
+
+def _layer_chunk(model, graph, index, h, own, part, blocks, world_size, device, fetch_owned_rows):
+    """GCN layer ``index`` for the owned nodes ``part`` (user and item ranges inside ``own``), from ``h``, the
+    previous layer's rows of every owned node -> ``{ntype: rows of part}``.  Collective (the row fetches)."""
+    block = graph.range_block(part["user"], part["item"]).to(device)
+    src = {}
+    for ntype in ("user", "item"):
+        lo, hi = part[ntype]
+        others = block.src_nids[ntype][block.num_dst_nodes(ntype):]  # owned outside the chunk, or by other ranks
+        mine = h[ntype][lo - own[ntype][0]:hi - own[ntype][0]]
+        src[ntype] = torch.cat([mine, fetch_owned_rows(others, h[ntype], own[ntype][0], blocks[ntype], world_size)])
+    if all(hi == lo for lo, hi in part.values()):  # past this rank's rows: it only served the others' fetches
+        return {}
+    scale = model.inv_sqrt_degree(block.src_nids["user"], block.src_nids["item"])
+    return model.gcn.layer_forward(index, block, src, scale)
