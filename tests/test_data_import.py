@@ -352,3 +352,25 @@ def test_info_model_parameter_table(tmp_path, capsys):
     rc, out, _ = run_cli(capsys, "info", "--model", config, "--users", "100", "--items", "50", "--feat-dim", "16",
                          "model.fusion_dims=[8,4]", "model.item_id_dim=4", "model.user_id_dim=8")
     assert rc == 0 and "100 users" in out
+
+
+def test_interactions_are_read_per_split_and_per_user_mask(tiktok_dataset):
+    """Each call reads the split from the Parquet file (nothing cached); a user mask keeps those users' pairs, in
+    file order; the splits are disjoint and together the whole file."""
+    from metammf_dist.data.dataset import INTERACTIONS_FILE
+
+    ds = Dataset.open(str(tiktok_dataset))
+    table = pd.read_parquet(tiktok_dataset / INTERACTIONS_FILE)
+    mask = np.zeros(ds.num_users, dtype=bool)
+    mask[::7] = True
+    for code, split in enumerate(("train", "valid", "test")):
+        u, i = ds.interactions(split)
+        want = table[table["split"] == code]
+        assert u.dtype == i.dtype == np.int64 and u.size == ds.num_interactions(split)
+        assert np.array_equal(u, want["user"].to_numpy()) and np.array_equal(i, want["item"].to_numpy())
+        mu, mi = ds.interactions(split, users=mask)
+        keep = mask[want["user"].to_numpy()]
+        assert 0 < mu.size < u.size and np.array_equal(mu, u[keep]) and np.array_equal(mi, i[keep])
+    assert not hasattr(ds, "_table")
+    with pytest.raises(ValueError, match=r"users mask must have shape \(9308,\)"):
+        ds.interactions("train", users=mask[:10])

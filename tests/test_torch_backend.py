@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from metammf_dist.model.gcn import GCN, dgl_available
+from metammf_dist.sampler import negatives
 from metammf_dist.sampler import (
     BipartiteGraph, Block, NeighborBatches, TorchNeighborSampler, build_train_graph, make_batches,
 )
@@ -518,3 +519,18 @@ def test_sampler_benchmark_tiny(capsys):
         assert out["dgl_steps_per_s"] > 0 and out["dgl_native_steps_per_s"] > 0 and out["torch_vs_dgl"] > 0
     else:
         assert out["torch_vs_dgl"] is None
+
+
+# -- negatives: a rank keeps its own edges' rows of the epoch's draw (both lanes: torch's generator) --------
+@pytest.mark.parametrize("num_pos,chunk", [(3000, 256), (3000, 3000), (2_200_000, None)])
+def test_negatives_of_some_rows_are_those_rows_of_the_whole_draw(num_pos, chunk):
+    """A rank draws the epoch's stream in chunks and keeps its own edges' rows: the same values as the rows of
+    the whole draw (with and without a pool; torch's generator yields the same stream cut into pieces)."""
+    rows = torch.randperm(num_pos, generator=torch.Generator().manual_seed(0))[: num_pos // 3].sort().values
+    kw = {} if chunk is None else {"chunk": chunk}
+    for pool in (None, torch.tensor([1, 4, 5, 9, 11, 30])):
+        full = negatives.draw_epoch_negatives(num_pos, 40, 2, seed=4, epoch=1, pool=pool)
+        some = negatives.draw_epoch_negatives(num_pos, 40, 2, seed=4, epoch=1, pool=pool, rows=rows, **kw)
+        assert some.shape == (rows.numel(), 2) and torch.equal(some, full[rows])
+    empty = negatives.draw_epoch_negatives(num_pos, 40, 2, seed=4, epoch=1, rows=torch.zeros(0, dtype=torch.int64), **kw)
+    assert empty.shape == (0, 2)

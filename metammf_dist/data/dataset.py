@@ -308,7 +308,6 @@ class Dataset:
         self._root = root
         self._meta = meta
         self._storage_options = dict(storage_options or {})
-        self._table: Optional[dict] = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -401,19 +400,42 @@ class Dataset:
         }
 
     # ------------------------------------------------------------------ data
-    def _load(self) -> dict:
-        if self._table is None:
-            with self._fs.open(_join(self._root, INTERACTIONS_FILE), "rb") as f:
-                table = pq.read_table(f, columns=["user", "item", "split"])
-            self._table = {name: table.column(name).to_numpy() for name in ("user", "item", "split")}
-        return self._table
-
-    def interactions(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(users, items)`` int64 arrays of one split, in file order."""
+    def interactions(self, split: str, users: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(users, items)`` int64 arrays of one split, in file order.  Read from the Parquet file one batch of
+        rows at a time and never cached: a process holds the pairs it asked for, not the whole table (at 100M
+        interactions that table was 3.5 GiB on every rank).  ``users``: a boolean mask over the user ids; only
+        the pairs of those users are kept (e.g. the users an evaluation ranks)."""
         code = split_code(split)
-        t = self._load()
-        mask = t["split"] == code
-        return t["user"][mask].astype(np.int64, copy=False), t["item"][mask].astype(np.int64, copy=False)
+        if users is not None:
+            users = np.asarray(users, dtype=bool)
+            if users.shape != (self.num_users,):
+                raise ValueError(f"users mask must have shape ({self.num_users},), got {users.shape}")
+        total = None if users is not None else self.num_interactions(split)
+        out_u = np.empty(total or 0, dtype=np.int64)
+        out_i = np.empty(total or 0, dtype=np.int64)
+        parts_u, parts_i, filled = [], [], 0
+        with _storage_errors(self.path, "read the interactions"), \
+                self._fs.open(_join(self._root, INTERACTIONS_FILE), "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=ROW_GROUP_ROWS, columns=["user", "item", "split"]):
+                keep = batch.column(2).to_numpy() == code
+                u, i = batch.column(0).to_numpy()[keep], batch.column(1).to_numpy()[keep]
+                if users is not None:
+                    mine = users[u]
+                    parts_u.append(u[mine].astype(np.int64, copy=False))
+                    parts_i.append(i[mine].astype(np.int64, copy=False))
+                    continue
+                if filled + u.size > total:
+                    raise DataError(f"{_join(self.path, INTERACTIONS_FILE)}: more '{SPLIT_NAMES[code]}' rows than "
+                                    f"{META_FILE} counts ({total:,})")
+                out_u[filled:filled + u.size], out_i[filled:filled + u.size] = u, i
+                filled += u.size
+        if users is not None:
+            empty = np.zeros(0, dtype=np.int64)
+            return (np.concatenate(parts_u) if parts_u else empty), (np.concatenate(parts_i) if parts_i else empty)
+        if filled != total:
+            raise DataError(f"{_join(self.path, INTERACTIONS_FILE)}: {filled:,} '{SPLIT_NAMES[code]}' rows but "
+                            f"{META_FILE} counts {total:,}")
+        return out_u, out_i
 
     def feature_store(self, cache_mb: int = 512, verify: bool = True):
         """The item-feature store (``sharding.FeatureStore``) under ``features/``."""

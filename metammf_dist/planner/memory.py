@@ -13,7 +13,8 @@ byte counts, each tagged with the phase in which it is alive:
   buffers and Adam's temporaries;
 * ``inference`` — evaluation's first half: every user/item vector, the full-graph GCN pass, the CSRs;
 * ``ranking`` — its second half: the vectors, the CSRs and the score chunks (users x all items);
-* ``setup`` — building the trainer (full-graph blocks);
+* ``setup`` — building the trainer (the train pairs read, full-graph blocks), and each epoch's start (the
+  permutation of every train edge);
 * ``refresh`` — a fusion-cache refresh (``train.fusion_cache_refresh``): one chunk of no-grad fusion plus the
   new cache before it replaces the old one.  With the cache, a step fuses (and reads features of) only its
   seed items; the cache (``num_items x fusion_dims[-1]`` floats) is persistent;
@@ -67,10 +68,9 @@ RUNTIME_BASELINE_BYTES = 640 << 20
 ENGINE_INIT_BYTES = 45 << 20  # DeepSpeed engine init, comm op, autograd/oneDNN state after the first steps
 TORCHREC_RUNTIME_BYTES = 116 << 20  # import torchrec + fbgemm_gpu (CPU build) on top of the runtime, measured
 # Calibrated constants (bytes per unit), from measurements with the current code:
-INTERACTION_TABLE_BYTES = 38  # per interaction (all splits): Parquet -> numpy columns + Arrow pool residue
-TRAIN_COPY_BYTES = 16  # per train interaction: the (user, item) int64 copies the trainer keeps
+TRAIN_COPY_BYTES = 16  # per train interaction: a (user, item) int64 pair
 SAMPLER_BYTES_PER_EDGE = 32  # neighbour sampler: per-direction CSC eids + positions (2 x 2 x int64)
-EPOCH_BYTES_PER_EDGE = 8  # epoch permutation; + 8 per negative (the epoch's negatives)
+EPOCH_BYTES_PER_EDGE = 8  # an int64 per edge: the epoch permutation, a rank's batches, sorted ids, negatives
 CSC_BYTES_PER_EDGE = 32  # DGL in-CSR formats of both edge types (indices + eids), created by full-graph GCN
 CSC_BYTES_PER_NODE = 16
 BLOCK_BYTES_PER_EDGE = 48  # a DGL block: src, dst, EID int64 + the CSC it builds for message passing
@@ -506,8 +506,10 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     node_shared = t.graph_backend == "torch" and world_size > 1
     graph_share = 1.0 / max(1, min(ranks_per_node, world_size)) if node_shared else 1.0
     shared_note = f"one copy per machine: 1/{max(1, min(ranks_per_node, world_size))} per rank" if node_shared else ""
-    add("interactions table", INTERACTION_TABLE_BYTES * e_all, "persistent",
-        note=f"{e_all:,.0f} interactions, every rank")
+    # the dataset caches no table: the train pairs are read once while the trainer is built (graph, degrees),
+    # and an evaluation reads its split's pairs (and the ranked users' excluded pairs) again
+    add("train pairs (read while the trainer is built)", TRAIN_COPY_BYTES * e_tr, "setup",
+        note=f"{e_tr:,.0f} of {e_all:,.0f} interactions")
     add("train graph edges", TRAIN_COPY_BYTES * e_tr * graph_share, "persistent", note=shared_note)
     batch_per_rank = max(1, t.batch_size // n)
     full = t.sampler == "full"
@@ -529,7 +531,11 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         add("full-graph blocks", FULL_BLOCK_BYTES_PER_EDGE * e_tr * len(t.fanouts), "persistent",
             note=f"{len(t.fanouts)} x to_block(all nodes)")
         add("to_block of the whole graph", TO_BLOCK_TRANSIENT_PER_EDGE * e_tr, "setup")
-    add("epoch permutation + negatives", (EPOCH_BYTES_PER_EDGE * (1 + t.num_negatives)) * e_tr, "persistent")
+    # the epoch's permutation of every train edge exists while each epoch starts; a rank keeps its own edges'
+    # batches, their sorted ids and their negatives (drawn in chunks of the epoch's stream)
+    add("epoch permutation (each epoch's start)", EPOCH_BYTES_PER_EDGE * e_tr, "setup")
+    add("epoch batches + negatives (own edges)", EPOCH_BYTES_PER_EDGE * (2 + t.num_negatives) * e_tr / n,
+        "persistent")
     if with_eval and gcn and t.id_tables != "sharded":
         add("train graph CSC (full-graph inference)", CSC_BYTES_PER_EDGE * e_tr + CSC_BYTES_PER_NODE * nodes,
             "persistent", dev, "created by the first evaluation")

@@ -136,14 +136,16 @@ class EdgeBatches:
     def _generate(self, epoch: int, start_step: int) -> Iterator[MiniBatch]:
         edge_batches = self.partition.batches(epoch)  # stage 1
         # stage 2: negatives are drawn per edge id for the whole epoch, from a stream keyed by
-        # (seed, epoch) only, so a positive gets the same negatives at any world size or rank.
+        # (seed, epoch) only, so a positive gets the same negatives at any world size or rank; the rank
+        # keeps the rows of its own edges only.
+        own = torch.cat(edge_batches).sort().values if edge_batches else torch.zeros(0, dtype=torch.int64)
         negatives = draw_epoch_negatives(
             self.partition.num_edges, self.num_items, self.num_negatives, seed=self.seed, epoch=epoch,
-            pool=self.negative_pool,
+            pool=self.negative_pool, rows=own,
         )
         for step, eids in enumerate(edge_batches):
             if step >= start_step:
-                yield self._make_batch(epoch, step, eids, negatives[eids])
+                yield self._make_batch(epoch, step, eids, negatives[torch.searchsorted(own, eids)])
 
     def _make_batch(self, epoch: int, step: int, eids: torch.Tensor, negatives: torch.Tensor) -> MiniBatch:
         """Stage 3: global pairs -> sorted unique output nodes and indices into them."""

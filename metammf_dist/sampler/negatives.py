@@ -30,15 +30,32 @@ def negative_pool(train_items: torch.Tensor, num_items: int):
     return None if pool.numel() == num_items else pool
 
 
+DRAW_CHUNK = 1 << 20  # rows drawn at a time when only some rows are kept
+
+
 def draw_epoch_negatives(num_pos: int, num_items: int, num_negatives: int, *, seed: int, epoch: int,
-                         pool=None) -> torch.Tensor:
+                         pool=None, rows=None, chunk: int = DRAW_CHUNK) -> torch.Tensor:
     """Uniform item ids ``[num_pos, num_negatives]``: row ``e`` = negatives of train edge ``e`` this epoch;
-    uniform over ``pool`` (sorted item ids) when given, else over all ``num_items`` items."""
+    uniform over ``pool`` (sorted item ids) when given, else over all ``num_items`` items.
+
+    ``rows`` (sorted edge ids): only those rows, ``[len(rows), num_negatives]`` — the stream is drawn in
+    chunks of ``chunk`` rows and each chunk keeps the rows asked for, so a rank holds its own edges'
+    negatives and never the epoch's (the values are those of the whole draw: ``tests/test_sampler.py``)."""
     if num_negatives < 1:
         raise ValueError(f"train.num_negatives must be positive, got {num_negatives}")
     size = num_items if pool is None else int(pool.numel())
     if size < 1:
         raise ValueError("negative sampling needs at least one item")
     gen = negatives_generator(seed, epoch)
-    draws = torch.randint(0, size, (num_pos, num_negatives), generator=gen, dtype=torch.int64)
+    if rows is None:
+        draws = torch.randint(0, size, (num_pos, num_negatives), generator=gen, dtype=torch.int64)
+    else:
+        rows = torch.as_tensor(rows, dtype=torch.int64)
+        bounds = torch.searchsorted(rows, torch.arange(0, num_pos + chunk, chunk))
+        parts = []
+        for c, lo in enumerate(range(0, num_pos, chunk)):
+            drawn = torch.randint(0, size, (min(chunk, num_pos - lo), num_negatives), generator=gen,
+                                  dtype=torch.int64)
+            parts.append(drawn[rows[bounds[c]:bounds[c + 1]] - lo])
+        draws = torch.cat(parts) if parts else torch.zeros(0, num_negatives, dtype=torch.int64)
     return draws if pool is None else pool[draws]

@@ -45,8 +45,8 @@ def sample_users(users: torch.Tensor, max_users: int, seed: int = 0) -> torch.Te
 def split_csr(ds, split: str, exclude_splits, max_users: int = 0):
     """Ground truth of ``split`` and the items to exclude from ranking (e.g. train (+ valid) items);
     ``max_users`` > 0 ranks a fixed random subset of the split's users (``sample_users``), and both CSRs then
-    hold only those users' rows (the others are empty): at 10M users the whole train split's CSR would be
-    ~5 GiB while it is built, for the 20k users ranked."""
+    hold only those users' rows (the others are empty; the excluded splits are read for those users only): at
+    10M users the whole train split's CSR would be ~5 GiB while it is built, for the 20k users ranked."""
     import numpy as np
 
     u, i = ds.interactions(split)
@@ -56,15 +56,10 @@ def split_csr(ds, split: str, exclude_splits, max_users: int = 0):
     if users.numel() < split_users.size:
         ranked = np.zeros(ds.num_users, dtype=bool)
         ranked[users.numpy()] = True
-
-    def pairs(a: np.ndarray, b: np.ndarray):
-        if ranked is None:
-            return torch.from_numpy(a), torch.from_numpy(b)
-        mask = ranked[a]
-        return torch.from_numpy(a[mask]), torch.from_numpy(b[mask])
-
-    truth = build_csr(*pairs(u, i), ds.num_users)
-    excluded = [pairs(*ds.interactions(s)) for s in exclude_splits]
+        keep = ranked[u]
+        u, i = u[keep], i[keep]
+    truth = build_csr(torch.from_numpy(u), torch.from_numpy(i), ds.num_users)
+    excluded = [tuple(map(torch.from_numpy, ds.interactions(s, users=ranked))) for s in exclude_splits]
     exclude = build_csr(torch.cat([p[0] for p in excluded]), torch.cat([p[1] for p in excluded]), ds.num_users)
     return truth, exclude, users
 
