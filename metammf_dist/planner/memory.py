@@ -13,8 +13,8 @@ byte counts, each tagged with the phase in which it is alive:
   buffers and Adam's temporaries;
 * ``inference`` — evaluation's first half: every user/item vector, the full-graph GCN pass, the CSRs;
 * ``ranking`` — its second half: the vectors, the CSRs and the score chunks (users x all items);
-* ``setup`` — building the trainer (the train pairs read, full-graph blocks), and each epoch's start (the
-  permutation of every train edge);
+* ``setup`` — building the trainer (the train pairs read, full-graph blocks);
+* ``epoch`` — each epoch's start: the permutation of every train edge, before a rank keeps its share;
 * ``refresh`` — a fusion-cache refresh (``train.fusion_cache_refresh``): one chunk of no-grad fusion plus the
   new cache before it replaces the old one.  With the cache, a step fuses (and reads features of) only its
   seed items; the cache (``num_items x fusion_dims[-1]`` floats) is persistent;
@@ -85,7 +85,7 @@ GLIBC_MMAP_MAX = 32 << 20  # glibc's dynamic mmap threshold never exceeds 32 MiB
 RETENTION = 1.5  # retained heap / small-tensor bytes of a step (glibc, measured 0.9-1.9 on 3 catalogs)
 SCORE_CHUNKS_ALIVE = 1  # evaluation.ranking frees each chunk's scores before scoring the next chunk
 
-PHASES = ("persistent", "setup", "backward", "optimizer", "refresh", "history", "inference", "ranking")
+PHASES = ("persistent", "setup", "epoch", "backward", "optimizer", "refresh", "history", "inference", "ranking")
 
 
 @dataclass
@@ -533,7 +533,7 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         add("to_block of the whole graph", TO_BLOCK_TRANSIENT_PER_EDGE * e_tr, "setup")
     # the epoch's permutation of every train edge exists while each epoch starts; a rank keeps its own edges'
     # batches, their sorted ids and their negatives (drawn in chunks of the epoch's stream)
-    add("epoch permutation (each epoch's start)", EPOCH_BYTES_PER_EDGE * e_tr, "setup")
+    add("epoch permutation (each epoch's start)", EPOCH_BYTES_PER_EDGE * e_tr, "epoch")
     add("epoch batches + negatives (own edges)", EPOCH_BYTES_PER_EDGE * (2 + t.num_negatives) * e_tr / n,
         "persistent")
     if with_eval and gcn and t.id_tables != "sharded":
