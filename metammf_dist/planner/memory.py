@@ -679,7 +679,9 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
             per = float(cfg.eval.item_chunk)
             chunk_edges = e_tr * (min(per, u) / float(workload.num_users) + min(per, i) / float(workload.num_items))
             neighbours = 2 * FLOAT * d * min(nodes, chunk_edges)
-            work = 3 * own + neighbours + fusion_chunk
+            # the layer outputs kept: layer 0 .. L-1 (the last layer is combined chunk by chunk over layer 0), and
+            # a fresh table for the user rows, whose layer 0 is the ID table's own storage
+            work = m.gcn_layers * own + FLOAT * d * u + neighbours + fusion_chunk
             add("inference: a chunk's in-edges", 4 * INDEX * chunk_edges, "inference",
                 note=f"range_block of {min(per, u):,.0f} users + {min(per, i):,.0f} items, host")
         else:

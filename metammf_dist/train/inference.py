@@ -91,25 +91,50 @@ def sharded_vectors(model, store, graph, num_users: int, num_items: int, rank: i
         h = {"user": model.as_input_rows(model.user_emb.local_weight()),
              "item": torch.cat([fused.to(model.param_dtype), model.as_input_rows(item_rows)], dim=1)}
         if getattr(model, "gcn", None) is not None:
-            chunks = max(1, -(-max(blocks.values()) // item_chunk))  # from global sizes: equal on every rank
-            outputs = [h]
-            for index in range(model.gcn.num_layers):
-                out = {ntype: None for ntype in h}
-                for c in range(chunks):
-                    part = {nt: (min(lo + c * item_chunk, hi), min(lo + (c + 1) * item_chunk, hi))
-                            for nt, (lo, hi) in own.items()}
-                    rows = _layer_chunk(model, graph, index, h, own, part, blocks, world_size, device,
-                                        fetch_owned_rows)
-                    for ntype, x in rows.items():
-                        if out[ntype] is None:
-                            out[ntype] = x.new_empty((own[ntype][1] - own[ntype][0],) + tuple(x.shape[1:]))
-                        out[ntype][part[ntype][0] - own[ntype][0]:part[ntype][1] - own[ntype][0]] = x
-                h = {ntype: x if x is not None else h[ntype][:0] for ntype, x in out.items()}
-                outputs.append(h)
-            h = model.gcn.combine_layers(outputs)
+            h = _gcn_by_chunks(model, graph, h, own, blocks, world_size, item_chunk, device, fetch_owned_rows)
         return (own["user"][0], h["user"].float()), (own["item"][0], h["item"].float())
     finally:
         model.train(was_training)
+
+
+def _gcn_by_chunks(model, graph, h, own, blocks, world_size, item_chunk, device, fetch_owned_rows):
+    """The GCN over the owned nodes, layer by layer and chunk by chunk (``sharded_vectors``).  The last layer's
+    chunk rows are combined with the earlier layers' rows of the chunk at once (``gcn.combine_layers``, the
+    same arithmetic as over whole tables) and, with two layers or more, written over the layer-0 rows, which
+    nothing reads any more: a 2-layer GCN holds two tables of the own nodes, not three (unless the layer-0 table
+    is the ID table's own storage, as the user rows may be)."""
+    chunks = max(1, -(-max(blocks.values()) // item_chunk))  # from global sizes: equal on every rank
+    parts = [{nt: (min(lo + c * item_chunk, hi), min(lo + (c + 1) * item_chunk, hi)) for nt, (lo, hi) in own.items()}
+             for c in range(chunks)]
+    outputs, last = [h], model.gcn.num_layers - 1
+    result = {ntype: None for ntype in h}
+    for index in range(model.gcn.num_layers):
+        out = {ntype: None for ntype in h} if index < last else result
+        for part in parts:
+            rows = _layer_chunk(model, graph, index, h, own, part, blocks, world_size, device, fetch_owned_rows)
+            at = {nt: slice(part[nt][0] - own[nt][0], part[nt][1] - own[nt][0]) for nt in part}
+            if rows and index == last:
+                rows = model.gcn.combine_layers([{nt: o[nt][at[nt]] for nt in o} for o in outputs] + [rows])
+            for ntype, x in rows.items():
+                if out[ntype] is None:
+                    first = outputs[0][ntype]
+                    reuse = index == last and last > 0 and first.shape[1:] == x.shape[1:] and \
+                        first.dtype == x.dtype and not _shares_storage(first, model)
+                    out[ntype] = first if reuse else \
+                        x.new_empty((own[ntype][1] - own[ntype][0],) + tuple(x.shape[1:]))
+                out[ntype][at[ntype]] = x
+        if index < last:
+            h = {ntype: x if x is not None else h[ntype][:0] for ntype, x in out.items()}
+            outputs.append(h)
+    return {ntype: x if x is not None else outputs[0][ntype][:0] for ntype, x in result.items()}
+
+
+def _shares_storage(x: torch.Tensor, model) -> bool:
+    """Whether ``x`` is (a view of) a table the model or its sharded ID tables hold."""
+    ptr = x.untyped_storage().data_ptr()
+    tables = [model.user_emb.local_weight(), model.item_emb.local_weight()] \
+        if hasattr(model.user_emb, "local_weight") else []
+    return any(t.untyped_storage().data_ptr() == ptr for t in [*tables, *model.parameters()])
 
 
 def _layer_chunk(model, graph, index, h, own, part, blocks, world_size, device, fetch_owned_rows):
