@@ -350,6 +350,7 @@ def evaluate_item_sharded(
         if k_local:
             v, i = topk_lowest_id(scores, k_local)
             values[:, :k_local], items[:, :k_local] = v, i + item_lo
+        del scores  # before the next chunk's scores exist (one chunk of users x own items alive at a time)
         if world_size > 1:  # every rank's candidates, merged by (score desc, id asc)
             all_values = [torch.empty_like(values) for _ in range(world_size)]
             all_items = [torch.empty_like(items) for _ in range(world_size)]
