@@ -2,17 +2,19 @@
 # The runs behind docs/results/meta_evidence.md: seeded fusion ablations (meta, CP, static, ID-only) on TikTok
 # (given split and 20 % cold items; GCN and MF scorers) and on two synthetic catalogs (planted item-specific
 # fusion, and today's generator as a control).  Every part is `metammf-dist ablate` (resumable: finished
-# (variant, seed) runs are skipped), one training process at a time, one thread each (bit-reproducible).
+# (variant, seed) runs are skipped), JOBS training processes at a time, one thread each (bit-reproducible).
 #   bash experiments/meta_evidence.sh PART...     PART: tiktok-warm-gcn tiktok-cold-gcn tiktok-warm-mf
 #                                                       tiktok-cold-mf synth-planted synth-control  (default: all)
-#   SEEDS=8 by default; results in runs/ablation/PART/{results.csv,results.md}
+#   SEEDS=8 by default, JOBS=1 training runs at a time (JOBS=2 on two cores: same results, half the time);
+#   results in runs/ablation/PART/{results.csv,results.md}
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_extensions} OMP_NUM_THREADS=1 TQDM_DISABLE=1
 PY=${PY:-.venv/bin/python}
 SEEDS=${SEEDS:-8}
+JOBS=${JOBS:-1}
 OUT=runs/ablation
-ablate() { $PY -m metammf_dist ablate "$@"; }
+ablate() { $PY -m metammf_dist ablate --jobs "$JOBS" "$@"; }
 tiktok() {  # data/tiktok (the given split) and data/tiktok-cold20 (20 % of the items held out of train)
   [ -f data/tiktok/dataset.json ] || $PY -m metammf_dist prepare mmrec ../shared/data/tiktok data/tiktok
   [ -f data/tiktok-cold20/dataset.json ] || \
