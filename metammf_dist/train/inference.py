@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from metammf_dist.distributed.collectives import fetch_owned_rows
 from metammf_dist.evaluation.ranking import build_csr
 
 
@@ -76,7 +77,6 @@ def sharded_vectors(model, store, graph, num_users: int, num_items: int, rank: i
     they reach, fetched from their owners (``collectives.fetch_owned_rows``), are all a rank holds beyond its own
     layer outputs — so no rank holds the neighbourhood of its whole range at once.  Every node's aggregation sees
     the same edges in the same order as in ``compute_vectors``, so the rows equal its rows of those nodes."""
-    from metammf_dist.distributed.collectives import fetch_owned_rows
     from metammf_dist.distributed.sharded_ids import row_block, row_range
 
     was_training = model.training
@@ -91,13 +91,13 @@ def sharded_vectors(model, store, graph, num_users: int, num_items: int, rank: i
         h = {"user": model.as_input_rows(model.user_emb.local_weight()),
              "item": torch.cat([fused.to(model.param_dtype), model.as_input_rows(item_rows)], dim=1)}
         if getattr(model, "gcn", None) is not None:
-            h = _gcn_by_chunks(model, graph, h, own, blocks, world_size, item_chunk, device, fetch_owned_rows)
+            h = _gcn_by_chunks(model, graph, h, own, blocks, world_size, item_chunk, device)
         return (own["user"][0], h["user"].float()), (own["item"][0], h["item"].float())
     finally:
         model.train(was_training)
 
 
-def _gcn_by_chunks(model, graph, h, own, blocks, world_size, item_chunk, device, fetch_owned_rows):
+def _gcn_by_chunks(model, graph, h, own, blocks, world_size, item_chunk, device):
     """The GCN over the owned nodes, layer by layer and chunk by chunk (``sharded_vectors``).  The last layer's
     chunk rows are combined with the earlier layers' rows of the chunk at once (``gcn.combine_layers``, the
     same arithmetic as over whole tables) and, with two layers or more, written over the layer-0 rows, which
@@ -111,7 +111,7 @@ def _gcn_by_chunks(model, graph, h, own, blocks, world_size, item_chunk, device,
     for index in range(model.gcn.num_layers):
         out = {ntype: None for ntype in h} if index < last else result
         for part in parts:
-            rows = _layer_chunk(model, graph, index, h, own, part, blocks, world_size, device, fetch_owned_rows)
+            rows = _layer_chunk(model, graph, index, h, own, part, blocks, world_size, device)
             at = {nt: slice(part[nt][0] - own[nt][0], part[nt][1] - own[nt][0]) for nt in part}
             if rows and index == last:
                 rows = model.gcn.combine_layers([{nt: o[nt][at[nt]] for nt in o} for o in outputs] + [rows])
@@ -137,7 +137,7 @@ def _shares_storage(x: torch.Tensor, model) -> bool:
     return any(t.untyped_storage().data_ptr() == ptr for t in [*tables, *model.parameters()])
 
 
-def _layer_chunk(model, graph, index, h, own, part, blocks, world_size, device, fetch_owned_rows):
+def _layer_chunk(model, graph, index, h, own, part, blocks, world_size, device):
     """GCN layer ``index`` for the owned nodes ``part`` (user and item ranges inside ``own``), from ``h``, the
     previous layer's rows of every owned node -> ``{ntype: rows of part}``.  Collective (the row fetches)."""
     block = graph.range_block(part["user"], part["item"]).to(device)
