@@ -4,7 +4,7 @@ real TorchRec and FBGEMM (the latest lane; the DGL lane, which cannot run TorchR
 * sharded tables train exactly like the replicated sparse tables with the same optimizer (row-wise Adagrad):
   per-step losses within 1e-6 over 24 steps and the same test metrics, 2 ranks;
 * a checkpoint written by 4 ranks resumes on 2 and evaluates in 1 process to the same metrics (each rank's
-  rows are saved with their range and re-cut on load);
+  rows are saved with their range and re-cut on load), and so does a sampled evaluation (``eval.max_users``);
 * the fusion cache is cut like the item table, and the cached runs agree the same way;
 * so do runs under a cosine learning-rate schedule (the fused optimizer takes each step's rate);
 * a run stopped mid-epoch and resumed equals a straight run (2 ranks, ZeRO-3 for the dense parameters);
@@ -72,6 +72,12 @@ def test_a_checkpoint_from_four_ranks_resumes_on_two_and_evaluates_in_one(synth_
                           nproc=2, epochs=1))
     one = last_json(run_cli("evaluate", str(run)))
     assert close(two, four, 0.0) and close(one, four, 1e-6), (four, two, one)
+    # a sampled evaluation (eval.max_users; the ranked users' final rows alone are made, the items' layer-1
+    # table never exists): the metrics of one process ranking the same users over the whole catalog
+    sampled = last_json(train(synth_ds, run, *SHARDED, "train.id_tables=sharded", "eval.item_chunk=16",
+                              "eval.max_users=40", "--resume", nproc=2, epochs=1))
+    one_sampled = last_json(run_cli("evaluate", str(run)))
+    assert close(sampled, one_sampled, 1e-6) and not close(sampled, one, 1e-3), (sampled, one_sampled, one)
     # resumed on another catalog (same feature widths, 50 more items): one line naming the checkpoint and a tensor
     other = tmp_path / "other"
     generate(SynthSpec(num_users=300, num_items=250, num_interactions=5000, modalities={"image": 16, "text": 8},

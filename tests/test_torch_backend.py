@@ -106,6 +106,33 @@ def test_bipartite_graph_contract(pairs, tgraph):
     assert full.num_edges() == 2 * len(pairs) and torch.equal(full.edge_ids(IU), torch.arange(len(pairs)))
 
 
+def test_nodes_block_of_ranges_is_the_range_block_and_of_sets_keeps_their_edges(tgraph):
+    """``nodes_block`` (any dst sets; the sharded evaluation's ranked users) lays a block out like ``range_block``
+    (the per-rank full-graph layer) and holds exactly the dst nodes' in-edges."""
+    def same(a, b):
+        for etype in ("ui", "iu"):
+            assert all(torch.equal(x, y) for x, y in zip(a.edges(etype), b.edges(etype))), etype
+            assert torch.equal(a.edge_ids(etype), b.edge_ids(etype)), etype
+        for ntype in NT:
+            assert torch.equal(a.src_nids[ntype], b.src_nids[ntype]) and torch.equal(a.dst_nids[ntype], b.dst_nids[ntype])
+
+    nu, ni = tgraph.num_nodes("user"), tgraph.num_nodes("item")
+    for (ul, uh), (il, ih) in [((0, nu), (0, ni)), ((3, 9), (5, 5)), ((7, 7), (2, 11)), ((nu - 4, nu), (0, 3))]:
+        same(tgraph.nodes_block(torch.arange(ul, uh), torch.arange(il, ih)), tgraph.range_block((ul, uh), (il, ih)))
+    users, items = torch.tensor([1, 4, 5, nu - 1]), torch.tensor([0, 6])
+    block = tgraph.nodes_block(users, items)
+    edge_u, edge_i = tgraph.edges("ui")
+    for etype, dst_ids, dst_of in (("iu", users, edge_u), ("ui", items, edge_i)):
+        want = torch.nonzero(torch.isin(dst_of, dst_ids)).flatten()
+        assert torch.equal(torch.sort(block.edge_ids(etype)).values, want), etype
+        src_local, dst_local = block.edges(etype)
+        stype, dtype = ("item", "user") if etype == "iu" else ("user", "item")
+        assert torch.equal(block.dst_nids[dtype][dst_local], dst_of[block.edge_ids(etype)])
+        other = edge_i if etype == "iu" else edge_u
+        assert torch.equal(block.src_nids[stype][src_local], other[block.edge_ids(etype)])
+    assert torch.equal(block.src_nids["user"][:4], users) and torch.equal(block.src_nids["item"][:2], items)
+
+
 def test_dgl_backend_still_default_and_backend_checked(pairs):
     with pytest.raises(ValueError, match="unknown backend 'pyg'"):
         build_train_graph(pairs[:, 0], pairs[:, 1], 300, 60, backend="pyg")

@@ -147,7 +147,7 @@ def shard_advice(plan: mem.Plan, budget: float) -> List[str]:
     if pass_ and pass_[0].bytes > SHARD_FRACTION * budget:
         out.append(f"evaluation's full-graph pass: {_size(pass_[0].bytes)} per rank ({pass_[0].note}, every rank "
                    f"computes every vector): split the vectors and the GCN pass across ranks")
-    graph = sum(c.bytes for c in plan.components if c.phase == "persistent" and
+    graph = sum(c.bytes for c in plan.components if c.phase in ("persistent", "training") and
                 any(k in c.name for k in ("interactions", "graph", "sampler", "epoch", "CSC", "blocks")))
     if graph > SHARD_FRACTION * budget:
         out.append(f"interactions + graph structures: {_size(graph)} per rank (the graph shared per machine, the rest per rank) > "
@@ -208,7 +208,7 @@ def run(args) -> int:
           f"{plan.blocks.edges:,.0f} sampled edges per rank ({plan.blocks.source})")
     print(format_plan(plan))
     print(f"peak per rank: {_size(plan.peak())} (persistent {_size(plan.phase_total('persistent'))} + "
-          f"{plan.peak_phase()} {_size(plan.phase_total(plan.peak_phase()))}); "
+          f"{plan.peak_phase()} {_size(plan.alive(plan.peak_phase()))}); "
           f"training alone {_size(plan.train_peak())}")
     if args.device != "cpu":
         print(f"  device {_size(plan.peak('device'))}, host {_size(plan.peak('host'))} per rank")

@@ -57,13 +57,16 @@ def _by_owner(ids: torch.Tensor, block: int, world_size: int):
     return order, torch.bincount(owner, minlength=world_size).to(torch.int64)
 
 
-def fetch_owned_rows(ids: torch.Tensor, local: torch.Tensor, lo: int, block: int, world_size: int) -> torch.Tensor:
+def fetch_owned_rows(ids: torch.Tensor, local: torch.Tensor, lo: int, block: int, world_size: int,
+                     position=None) -> torch.Tensor:
     """Collective: rows ``ids`` (any order, repeats allowed) of a table whose rank r holds rows
-    ``[r * block, ...)`` as ``local`` (starting at row ``lo`` on this rank) -> ``[len(ids), dim]``."""
+    ``[r * block, ...)`` as ``local`` (starting at row ``lo`` on this rank) -> ``[len(ids), dim]``.
+    ``position(ids)`` -> their rows in ``local`` when it holds only some of the owned rows (default ``ids - lo``)."""
     ids = ids.to(torch.int64)
     order, counts = _by_owner(ids, block, world_size)
     wanted, recv_counts = _exchange(ids[order], counts, world_size)  # the ids other ranks want from me
-    served, _ = _exchange(local.index_select(0, wanted - lo), recv_counts, world_size)
+    rows = wanted - lo if position is None else position(wanted)
+    served, _ = _exchange(local.index_select(0, rows), recv_counts, world_size)
     out = torch.empty((ids.numel(),) + tuple(local.shape[1:]), dtype=local.dtype, device=local.device)
     out[order] = served
     return out

@@ -142,6 +142,25 @@ class BipartiteGraph:
         edges = {"ui": (local["user"], self.edge_items[ui] - items[0]), "iu": (local["item"], self.edge_users[iu] - users[0])}
         return Block(edges, {"ui": ui, "iu": iu}, src_nids=src, dst_nids=dst)
 
+    def nodes_block(self, users: torch.Tensor, items: torch.Tensor) -> "Block":
+        """All in-edges of the dst nodes ``users`` and ``items`` (ascending ids, any set) as one block, laid out
+        like ``range_block``: the dst nodes lead the src nodes, then the other nodes those edges reach, ascending;
+        each dst node's edges in the order ``range_block`` gives them."""
+        dst = {"user": users.to(self.device, torch.int64), "item": items.to(self.device, torch.int64)}
+        ui, ui_dst = _in_edges_of(self.in_items, dst["item"])  # edges into the items
+        iu, iu_dst = _in_edges_of(self.in_users, dst["user"])  # edges into the users
+        reached = {"user": self.edge_users[ui], "item": self.edge_items[iu]}
+        src, local = {}, {}
+        for ntype in ("user", "item"):
+            ids, nodes = reached[ntype], dst[ntype]
+            at = torch.searchsorted(nodes, ids).clamp_(max=max(nodes.numel() - 1, 0))
+            inside = nodes[at] == ids if nodes.numel() else torch.zeros_like(ids, dtype=torch.bool)
+            other = torch.unique(ids[~inside])
+            src[ntype] = torch.cat([nodes, other])
+            local[ntype] = torch.where(inside, at, torch.searchsorted(other, ids) + nodes.numel())
+        return Block({"ui": (local["user"], ui_dst), "iu": (local["item"], iu_dst)}, {"ui": ui, "iu": iu},
+                     src_nids=src, dst_nids=dst)
+
     def full_block(self) -> "Block":
         """The whole graph as one block: src and dst nodes are all nodes, edges are all edges."""
         if self._full is None:
@@ -156,6 +175,17 @@ class BipartiteGraph:
     def __repr__(self) -> str:
         return (f"BipartiteGraph(num_users={self._num_nodes['user']}, num_items={self._num_nodes['item']}, "
                 f"num_edges={self.num_edges()}, device={self.device})")
+
+
+def _in_edges_of(adj: Adjacency, nodes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ids of the edges into ``nodes`` (node by node, each node's in CSR order) and each edge's dst position
+    in ``nodes``."""
+    starts = adj.indptr[nodes]
+    counts = adj.indptr[nodes + 1] - starts
+    where = torch.arange(nodes.numel(), device=nodes.device).repeat_interleave(counts)
+    first = torch.cumsum(counts, 0) - counts  # each node's first edge in the output
+    offset = torch.arange(where.numel(), device=nodes.device) - first[where]
+    return adj.eids[starts[where] + offset], where
 
 
 class Block:

@@ -3,6 +3,8 @@
 ``plan_memory(cfg, workload, world_size, zero_stage, offload)`` returns a ``Plan``: a list of ``Component``
 byte counts, each tagged with the phase in which it is alive:
 
+* ``training`` — alive while an epoch trains, gone when it evaluates: the epoch's batches and negatives, the
+  loader thread's sampler scratch (counted with the training phases below);
 * ``persistent`` — the whole run: runtime (Python + torch + DGL + DeepSpeed, measured once), interactions,
   graph and sampler arrays, feature-store cache, model states (parameters, Adam states, ZeRO buffers), and
   the heap glibc retains after the first steps;
@@ -85,7 +87,10 @@ GLIBC_MMAP_MAX = 32 << 20  # glibc's dynamic mmap threshold never exceeds 32 MiB
 RETENTION = 1.5  # retained heap / small-tensor bytes of a step (glibc, measured 0.9-1.9 on 3 catalogs)
 SCORE_CHUNKS_ALIVE = 1  # evaluation.ranking frees each chunk's scores before scoring the next chunk
 
-PHASES = ("persistent", "setup", "epoch", "backward", "optimizer", "refresh", "history", "inference", "ranking")
+PHASES = ("persistent", "training", "setup", "epoch", "backward", "optimizer", "refresh", "history", "inference",
+          "ranking")
+TRAINING_PHASES = ("epoch", "backward", "optimizer", "refresh", "history")  # those with the "training" components
+TRANSIENT_PHASES = tuple(p for p in PHASES if p not in ("persistent", "training"))
 
 
 @dataclass
@@ -364,6 +369,12 @@ def _ranked_fraction(cfg: Config, workload: Workload) -> float:
     return min(1.0, cfg.eval.max_users / max(split_users, 1.0))
 
 
+def _sampled_eval(cfg: Config, workload: Workload) -> bool:
+    """Whether a sharded evaluation ranks a sample of users (``eval.max_users`` below the split's users), so that
+    it makes the final rows of those users only (``train/loop.py``)."""
+    return _ranked_fraction(cfg, workload) < 1.0
+
+
 def _ranked_note(ranked: float) -> str:
     return "" if ranked >= 1.0 else f"eval.max_users: the ranked users' pairs only ({ranked:.2%})"
 
@@ -440,16 +451,22 @@ class Plan:
     def phase_total(self, phase: str, where: Optional[str] = None) -> float:
         return sum(c.bytes for c in self.components if c.phase == phase and (where is None or c.where == where))
 
+    def alive(self, phase: str, where: Optional[str] = None) -> float:
+        """A transient phase's bytes + the training-only bytes when it is a training phase."""
+        extra = self.phase_total("training", where) if phase in TRAINING_PHASES else 0.0
+        return self.phase_total(phase, where) + extra
+
     def peak(self, where: Optional[str] = None) -> float:
-        """Persistent + the largest transient phase (per rank); ``where`` = host or device only."""
-        transient = max(self.phase_total(p, where) for p in PHASES if p != "persistent")
-        return self.phase_total("persistent", where) + transient
+        """Persistent + the largest transient phase (with the training-only bytes during training; per rank);
+        ``where`` = host or device only."""
+        return self.phase_total("persistent", where) + max(self.alive(p, where) for p in TRANSIENT_PHASES)
 
     def peak_phase(self) -> str:
-        return max((p for p in PHASES if p != "persistent"), key=self.phase_total)
+        return max(TRANSIENT_PHASES, key=self.alive)
 
     def train_peak(self) -> float:
-        return self.phase_total("persistent") + max(self.phase_total("backward"), self.phase_total("optimizer"))
+        return self.phase_total("persistent") + self.phase_total("training") + \
+            max(self.phase_total("backward"), self.phase_total("optimizer"))
 
 
 def zero_stage_of(ds_config: dict) -> int:
@@ -525,7 +542,8 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
         add("neighbour sampler (CSC by dst)", (SAMPLER_BYTES_PER_EDGE * e_tr + 2 * INDEX * nodes) * graph_share,
             "persistent", note=shared_note)
         # graph-sized marks kept per sampling thread and reset after each use (sampler/torch_neighbor.py)
-        add("sampler scratch", e_tr + (2 * INDEX + 1) * nodes, "persistent",
+        # thread-local: with loader threads (train.num_workers > 0) they go with the epoch's thread
+        add("sampler scratch", e_tr + (2 * INDEX + 1) * nodes, "training" if t.num_workers > 0 else "persistent",
             note="excluded-edge mask, node lookups (per loader thread)")
     if gcn and full:
         add("full-graph blocks", FULL_BLOCK_BYTES_PER_EDGE * e_tr * len(t.fanouts), "persistent",
@@ -535,7 +553,7 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     # batches, their sorted ids and their negatives (drawn in chunks of the epoch's stream)
     add("epoch permutation (each epoch's start)", EPOCH_BYTES_PER_EDGE * e_tr, "epoch")
     add("epoch batches + negatives (own edges)", EPOCH_BYTES_PER_EDGE * (2 + t.num_negatives) * e_tr / n,
-        "persistent")
+        "training", note="the epoch's generator: gone before its evaluation")
     if with_eval and gcn and t.id_tables != "sharded":
         add("train graph CSC (full-graph inference)", CSC_BYTES_PER_EDGE * e_tr + CSC_BYTES_PER_NODE * nodes,
             "persistent", dev, "created by the first evaluation")
@@ -679,9 +697,16 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
             per = float(cfg.eval.item_chunk)
             chunk_edges = e_tr * (min(per, u) / float(workload.num_users) + min(per, i) / float(workload.num_items))
             neighbours = 2 * FLOAT * d * min(nodes, chunk_edges)
-            # the layer outputs kept: layer 0 .. L-1 (the last layer is combined chunk by chunk over layer 0), and
-            # a fresh table for the user rows, whose layer 0 is the ID table's own storage
-            work = m.gcn_layers * own + FLOAT * d * u + neighbours + fusion_chunk
+            L = m.gcn_layers
+            if _sampled_eval(cfg, workload):  # the ranked users' rows only (inference._gcn_for_ranked_users):
+                # the users' layers 1 .. L-1 and the items' 0 .. L-2 (layer 0 combined into the final rows), one
+                # chunk's item rows of layer L-1, and those of the items the ranked users reach
+                reach = float(cfg.eval.max_users) * e_tr / float(workload.num_users)
+                tables = FLOAT * d * ((L - 1) * u + max(L - 1, 1) * i + chunk + min(reach, i))
+            else:  # layer 0 .. L-1 of every own node (the last layer combined chunk by chunk over layer 0), and
+                # a fresh table for the user rows, whose layer 0 is the ID table's own storage
+                tables = L * own + FLOAT * d * u
+            work = tables + neighbours + fusion_chunk
             add("inference: a chunk's in-edges", 4 * INDEX * chunk_edges, "inference",
                 note=f"range_block of {min(per, u):,.0f} users + {min(per, i):,.0f} items, host")
         else:

@@ -67,16 +67,21 @@ def split_csr(ds, split: str, exclude_splits, max_users: int = 0):
 
 @torch.no_grad()
 def sharded_vectors(model, store, graph, num_users: int, num_items: int, rank: int, world_size: int,
-                    item_chunk: int = 8192, device: torch.device = torch.device("cpu")):
-    """Collective, for row-sharded ID tables (``train.id_tables=sharded``): this rank's final vectors of the users
-    and items it owns -> ``((user_lo, user_vecs), (item_lo, item_vecs))``, no rank holding any other row.
+                    item_chunk: int = 8192, device: torch.device = torch.device("cpu"), ranked_users=None):
+    """Collective, for row-sharded ID tables (``train.id_tables=sharded``): this rank's final vectors of the items
+    it owns and the users' -> ``(user_rows, (item_lo, item_vecs))``, where ``user_rows(ids)`` gives the final
+    rows of users ``ids`` (a collective: every rank asks for the same ids in the same order).  No rank holds
+    another rank's item rows.
 
     Layer 0 is local (the owned items' fusion from their features ⊕ their ID rows, the owned users' ID rows).
     The GCN then runs layer by layer, and each layer in chunks of ``item_chunk`` owned users and items (the same
     number of chunks on every rank): a chunk's in-edges (``graph.range_block``) and the rows of the neighbours
     they reach, fetched from their owners (``collectives.fetch_owned_rows``), are all a rank holds beyond its own
     layer outputs — so no rank holds the neighbourhood of its whole range at once.  Every node's aggregation sees
-    the same edges in the same order as in ``compute_vectors``, so the rows equal its rows of those nodes."""
+    the same edges in the same order as in ``compute_vectors``, so the rows equal its rows of those nodes.
+
+    ``ranked_users`` (ascending ids, the same on every rank; a sampled evaluation's users): only their final
+    rows are made (``_gcn_for_ranked_users``), and every rank holds all of them."""
     from metammf_dist.distributed.sharded_ids import row_block, row_range
 
     was_training = model.training
@@ -90,11 +95,124 @@ def sharded_vectors(model, store, graph, num_users: int, num_items: int, rank: i
         fused = torch.cat(fused) if fused else item_rows.new_zeros(0, model.fusion_out_dim)
         h = {"user": model.as_input_rows(model.user_emb.local_weight()),
              "item": torch.cat([fused.to(model.param_dtype), model.as_input_rows(item_rows)], dim=1)}
+        del fused
+        if ranked_users is not None:
+            ranked_users = ranked_users.to(device=device, dtype=torch.int64)
+            mine = ranked_users[(ranked_users >= own["user"][0]) & (ranked_users < own["user"][1])]
+            if getattr(model, "gcn", None) is not None:
+                users, items = _gcn_for_ranked_users(model, graph, h, own, blocks, world_size, item_chunk, device,
+                                                     ranked_users, mine)
+            else:
+                users, items = h["user"][mine - own["user"][0]], h["item"]
+            return _gathered_rows(mine, users.float(), world_size), (own["item"][0], items.float())
         if getattr(model, "gcn", None) is not None:
             h = _gcn_by_chunks(model, graph, h, own, blocks, world_size, item_chunk, device)
-        return (own["user"][0], h["user"].float()), (own["item"][0], h["item"].float())
+        user_lo, user_vecs = own["user"][0], h["user"].float()
+
+        def user_rows(ids):  # collective: every rank asks for the same chunk
+            return fetch_owned_rows(ids.to(user_vecs.device), user_vecs, user_lo, blocks["user"], world_size)
+
+        return user_rows, (own["item"][0], h["item"].float())
     finally:
         model.train(was_training)
+
+
+def _gathered_rows(ids: torch.Tensor, rows: torch.Tensor, world_size: int):
+    """Every rank's (ids, rows) on every rank -> ``rows_of(ids)`` (a local lookup; unknown ids are refused)."""
+    from metammf_dist.distributed.collectives import all_gather_rows
+
+    all_ids, all_rows = all_gather_rows(ids, rows, world_size)
+    all_ids, order = torch.sort(all_ids)
+    all_rows = all_rows[order]
+
+    def rows_of(wanted: torch.Tensor) -> torch.Tensor:
+        wanted = wanted.to(all_ids.device)
+        at = torch.searchsorted(all_ids, wanted).clamp_(max=max(all_ids.numel() - 1, 0))
+        if all_ids.numel() == 0 or not bool((all_ids[at] == wanted).all()):
+            raise ValueError("sharded evaluation: asked for the vectors of users outside the ranked set")
+        return all_rows[at]
+
+    return rows_of
+
+
+def _gcn_for_ranked_users(model, graph, h, own, blocks, world_size, item_chunk, device, ranked, mine):
+    """The GCN of a sampled evaluation: the final rows of every owned item, but of the ranked users only.
+
+    Layers 0 .. L-2 run as in ``_gcn_by_chunks`` over every owned node, except that the items' layer L-2 is left
+    to the last pass.  Items' in-neighbours are users only, so the last pass takes one chunk of owned items at a
+    time through their layer L-1 rows (from layer L-2 of the users, fetched) to their layer-L rows (from layer
+    L-1 of the users, fetched) and combines them at once: the items' layer-(L-1) table never exists.  The layer-
+    (L-1) rows of the items that the ranked users reach are kept (a few per ranked user) and fetched by their
+    owners for the ranked users' last layer.  A 2-layer GCN thus holds the items' layer-0 table (written over
+    with the final rows) and the users' layer-1 table: two tables of the own nodes, where ``_gcn_by_chunks``
+    holds three.  Returns (final rows of ``mine``, the owned ranked users; final rows of every owned item)."""
+    last = model.gcn.num_layers - 1
+    chunks = max(1, -(-max(blocks.values()) // item_chunk))  # from global sizes: equal on every rank
+    parts = [{nt: (min(lo + c * item_chunk, hi), min(lo + (c + 1) * item_chunk, hi)) for nt, (lo, hi) in own.items()}
+             for c in range(chunks)]
+    outputs = [h]
+    for index in range(last):  # layers 0 .. L-2: all owned users; the items' last of them comes in the last pass
+        types = ("user", "item") if index < last - 1 else ("user",)
+        new = dict(outputs[-1])
+        for ntype in types:
+            new[ntype] = None
+        for part in parts:
+            scoped = {nt: part[nt] if nt in types else (part[nt][0], part[nt][0]) for nt in part}
+            rows = _layer_chunk(model, graph, index, outputs[-1], own, scoped, blocks, world_size, device)
+            for ntype in types:
+                if ntype in rows:
+                    lo = part[ntype][0] - own[ntype][0]
+                    if new[ntype] is None:
+                        new[ntype] = rows[ntype].new_empty((own[ntype][1] - own[ntype][0],) + rows[ntype].shape[1:])
+                    new[ntype][lo:lo + rows[ntype].shape[0]] = rows[ntype]
+        outputs.append({nt: x if x is not None else outputs[-1][nt][:0] for nt, x in new.items()})
+    # the items the ranked users reach, and this rank's of them
+    reached = torch.unique(graph.edge_items[graph.nodes_block(ranked, ranked[:0]).edge_ids("iu")])
+    lo_i, hi_i = own["item"]
+    keep_ids = reached[(reached >= lo_i) & (reached < hi_i)]
+    keep = None
+    result = None
+    before = outputs[last]  # layer L-1 users (all owned); its "item" entry is layer L-2 of the items (or layer 0)
+    for part in parts:
+        items = {"user": (own["user"][0], own["user"][0]), "item": part["item"]}
+        at = slice(part["item"][0] - lo_i, part["item"][1] - lo_i)
+        if last > 0:  # the chunk's layer L-1 rows, from layer L-2
+            penult = _layer_chunk(model, graph, last - 1, outputs[last - 1], own, items, blocks, world_size, device)
+        else:
+            penult = {"item": outputs[0]["item"][at]}
+        chunk_rows = penult.get("item")
+        if chunk_rows is None:
+            chunk_rows = outputs[0]["item"][:0]
+        rows = _layer_chunk(model, graph, last, before, own, items, blocks, world_size, device,
+                            dst_rows={"item": chunk_rows})
+        if keep is None:
+            keep = chunk_rows.new_empty((keep_ids.numel(),) + tuple(chunk_rows.shape[1:]))
+        a, b = torch.searchsorted(keep_ids, torch.tensor(list(part["item"]), device=keep_ids.device)).tolist()
+        keep[a:b] = chunk_rows[keep_ids[a:b] - part["item"][0]]
+        if not rows:
+            continue
+        layers = [{"user": o["user"][:0], "item": o["item"][at]} for o in outputs[:last]]
+        layers += [{"user": before["user"][:0], "item": chunk_rows}, {"user": rows["user"], "item": rows["item"]}]
+        final = model.gcn.combine_layers(layers)["item"]
+        if result is None:
+            first = outputs[0]["item"]
+            reuse = last > 0 and first.shape[1:] == final.shape[1:] and first.dtype == final.dtype and \
+                not _shares_storage(first, model)
+            result = first if reuse else final.new_empty((hi_i - lo_i,) + tuple(final.shape[1:]))
+        result[at] = final
+    if result is None:
+        result = outputs[0]["item"][:0]
+    # the ranked users' last layer: their own layer L-1 rows and the kept item rows, fetched from their owners
+    block = graph.nodes_block(mine, mine[:0]).to(device)
+    mine_at = mine - own["user"][0]
+    src = {"user": before["user"][mine_at],
+           "item": fetch_owned_rows(block.src_nids["item"], keep, lo_i, blocks["item"], world_size,
+                                    position=lambda ids: torch.searchsorted(keep_ids, ids))}
+    scale = model.inv_sqrt_degree(block.src_nids["user"], block.src_nids["item"])
+    rows = model.gcn.layer_forward(last, block, src, scale)
+    layers = [{"user": o["user"][mine_at], "item": o["item"][:0]} for o in outputs]
+    users = model.gcn.combine_layers(layers + [{"user": rows["user"], "item": rows["item"]}])["user"]
+    return users, result
 
 
 def _gcn_by_chunks(model, graph, h, own, blocks, world_size, item_chunk, device):
@@ -137,15 +255,18 @@ def _shares_storage(x: torch.Tensor, model) -> bool:
     return any(t.untyped_storage().data_ptr() == ptr for t in [*tables, *model.parameters()])
 
 
-def _layer_chunk(model, graph, index, h, own, part, blocks, world_size, device):
+def _layer_chunk(model, graph, index, h, own, part, blocks, world_size, device, dst_rows=None):
     """GCN layer ``index`` for the owned nodes ``part`` (user and item ranges inside ``own``), from ``h``, the
-    previous layer's rows of every owned node -> ``{ntype: rows of part}``.  Collective (the row fetches)."""
+    previous layer's rows of every owned node -> ``{ntype: rows of part}``.  Collective (the row fetches).
+    ``dst_rows[ntype]``: the previous layer's rows of the part's nodes of that type, when ``h`` lacks them."""
     block = graph.range_block(part["user"], part["item"]).to(device)
     src = {}
     for ntype in ("user", "item"):
         lo, hi = part[ntype]
         others = block.src_nids[ntype][block.num_dst_nodes(ntype):]  # owned outside the chunk, or by other ranks
-        mine = h[ntype][lo - own[ntype][0]:hi - own[ntype][0]]
+        mine = (dst_rows or {}).get(ntype)
+        if mine is None:
+            mine = h[ntype][lo - own[ntype][0]:hi - own[ntype][0]]
         src[ntype] = torch.cat([mine, fetch_owned_rows(others, h[ntype], own[ntype][0], blocks[ntype], world_size)])
     if all(hi == lo for lo, hi in part.values()):  # past this rank's rows: it only served the others' fetches
         return {}

@@ -30,13 +30,12 @@ from metammf_dist.config import Config, sampled_fanouts
 from metammf_dist.data.dataset import Dataset
 from metammf_dist.data.feature_stats import feature_moments
 from metammf_dist.data.item_knn import feature_knn
-from metammf_dist.distributed.collectives import fetch_owned_rows
 from metammf_dist.distributed.deepspeed_engine import build_engine, gathered_model, load_ds_config, precision_of
 from metammf_dist.distributed.id_tables import FILE_NAME as ID_TABLES_FILE
 from metammf_dist.distributed.id_tables import SparseIdTables
 from metammf_dist.distributed.process_group import DistInfo, barrier, broadcast_object, init_distributed, log_main
 from metammf_dist.distributed.sharded_ids import FILE_PREFIX as SHARD_PREFIX
-from metammf_dist.distributed.sharded_ids import ShardedIdTables, optimizer_state_tensors, row_block
+from metammf_dist.distributed.sharded_ids import ShardedIdTables, optimizer_state_tensors
 from metammf_dist.errors import TrainingError
 from metammf_dist.evaluation.item_groups import cold_item_mask, evaluate_item_groups
 from metammf_dist.evaluation.metrics import selection_value
@@ -179,15 +178,11 @@ class Trainer:
         neighbour rows exchanged per layer), ranks the users against its own items and the per-user top-K
         are merged across ranks — no rank holds the catalog's vectors."""
         info, ev = self.info, self.cfg.eval
+        sampled = 0 < ev.max_users and users.numel() <= ev.max_users  # only the ranked users' rows are made
         with self._full_model() as model:
-            (user_lo, user_vecs), (item_lo, item_vecs) = sharded_vectors(
+            user_rows, (item_lo, item_vecs) = sharded_vectors(
                 model, self.store, self.graph, self.ds.num_users, self.ds.num_items, info.rank, info.world_size,
-                item_chunk=ev.item_chunk, device=info.device)
-        block = row_block(self.ds.num_users, info.world_size)
-
-        def user_rows(ids):  # collective: every rank asks for the same chunk
-            return fetch_owned_rows(ids.to(user_vecs.device), user_vecs, user_lo, block, info.world_size)
-
+                item_chunk=ev.item_chunk, device=info.device, ranked_users=users if sampled else None)
         return evaluate_item_sharded(user_rows, item_vecs, item_lo, self.ds.num_items, excl, truth, users,
                                      ks=tuple(ev.ks), user_chunk=ev.user_chunk)
 
