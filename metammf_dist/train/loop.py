@@ -238,6 +238,7 @@ class Trainer:
         st.epoch, st.step_in_epoch = epoch + 1, 0
         tag = tag_for(epoch + 1, 0)
         if (epoch + 1) % max(cfg.train.eval_every, 1) == 0 or epoch + 1 == cfg.train.epochs:
+            self.usage.setdefault("peak_rss_bytes_before_eval", peak_rss_bytes())  # training's own peak (+ setup)
             started = time.perf_counter()
             metrics = self.evaluate("valid")
             self.usage["valid_eval_seconds"] += time.perf_counter() - started
@@ -303,18 +304,20 @@ class Trainer:
 
     def _usage(self) -> dict:
         """This run's time split, and every rank's peak RSS, PSS and catalog-state bytes (collective)."""
-        mine = (peak_rss_bytes(), pss_bytes(), self.catalog_state_bytes())
+        mine = (peak_rss_bytes(), pss_bytes(), self.catalog_state_bytes(), self.usage.get("peak_rss_bytes_before_eval"))
         every = [mine]
         if self.info.distributed and self.info.world_size > 1:
             every = [None] * self.info.world_size
             tdist.all_gather_object(every, mine)
-        peaks, pss, catalog = ([rank[i] for rank in every] for i in range(3))
+        peaks, pss, catalog, before_eval = ([rank[i] for rank in every] for i in range(4))
         strategy = self.strategy
         refreshes = {"refreshes": strategy.refreshes if strategy else 0,
                      "refresh_seconds": strategy.refresh_seconds if strategy else 0.0}
         if self.info.device.type == "cuda":  # this rank's peak of torch's allocated device memory
             refreshes["peak_device_bytes"] = int(torch.cuda.max_memory_allocated(self.info.device))
-        return {**self.usage, **refreshes, "world_size": self.info.world_size, "peak_rss_bytes_per_rank": peaks,
+        usage = {k: v for k, v in self.usage.items() if k != "peak_rss_bytes_before_eval"}
+        return {**usage, **refreshes, "world_size": self.info.world_size, "peak_rss_bytes_per_rank": peaks,
+                "peak_rss_bytes_before_eval_per_rank": before_eval,
                 "pss_bytes_per_rank_at_end": pss, "graph_shared_per_node": self.graph_key is not None,
                 "catalog_state_bytes_per_rank": catalog,
                 "num_items": self.ds.num_items, "num_users": self.ds.num_users,
