@@ -50,15 +50,18 @@ def split_csr(ds, split: str, exclude_splits, max_users: int = 0):
     10M users the whole train split's CSR would be ~5 GiB while it is built, for the 20k users ranked."""
     import numpy as np
 
-    u, i = ds.interactions(split)
-    split_users = np.unique(u)
-    users = sample_users(torch.from_numpy(split_users), max_users)
     ranked = None  # a mask over user ids when only some users are ranked
-    if users.numel() < split_users.size:
-        ranked = np.zeros(ds.num_users, dtype=bool)
-        ranked[users.numpy()] = True
-        keep = ranked[u]
-        u, i = u[keep], i[keep]
+    if max_users > 0:  # the split's users first (streamed), then only the ranked users' pairs
+        split_users = ds.split_users(split)
+        users = sample_users(torch.from_numpy(split_users), max_users)
+        if users.numel() < split_users.size:
+            ranked = np.zeros(ds.num_users, dtype=bool)
+            ranked[users.numpy()] = True
+        del split_users
+        u, i = ds.interactions(split, users=ranked)
+    else:
+        u, i = ds.interactions(split)
+        users = torch.from_numpy(np.unique(u))
     truth = build_csr(torch.from_numpy(u), torch.from_numpy(i), ds.num_users)
     excluded = [tuple(map(torch.from_numpy, ds.interactions(s, users=ranked))) for s in exclude_splits]
     exclude = build_csr(torch.cat([p[0] for p in excluded]), torch.cat([p[1] for p in excluded]), ds.num_users)
