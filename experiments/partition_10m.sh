@@ -14,6 +14,9 @@ OUT=runs/partition-10m-s$STEPS
 DATA=bench_out/scale/data/synth-i10000000-u10000000-e100000000-image128-text256-s1
 PY=${PY:-.venv-latest/bin/python}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_extensions-latest} OMP_NUM_THREADS=1 TQDM_DISABLE=1
+# glibc: allocations from 64 KiB up are mapped and returned when freed (its dynamic threshold otherwise moves up to
+# 32 MiB and the heap keeps what evaluation's chunks freed between the tables they leave)
+export MALLOC_MMAP_THRESHOLD_=65536
 if [ ! -f "$DATA/dataset.json" ]; then
   $PY -m metammf_dist synth "$DATA" --users 10000000 --items 10000000 --interactions 100000000 \
     --modality image:128 --modality text:256 --seed 1
