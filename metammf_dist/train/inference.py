@@ -145,6 +145,14 @@ def _gathered_rows(ids: torch.Tensor, rows: torch.Tensor, world_size: int):
     return rows_of
 
 
+def _chunk_parts(own, blocks, item_chunk):
+    """The owned user and item ranges cut into chunks of ``item_chunk``: ``[{ntype: (lo, hi)}]``, as many chunks on
+    every rank (counted from the global block sizes); a rank past its rows gets empty ranges."""
+    chunks = max(1, -(-max(blocks.values()) // item_chunk))
+    return [{nt: (min(lo + c * item_chunk, hi), min(lo + (c + 1) * item_chunk, hi)) for nt, (lo, hi) in own.items()}
+            for c in range(chunks)]
+
+
 def _gcn_for_ranked_users(model, graph, h, own, blocks, world_size, item_chunk, device, ranked, mine):
     """The GCN of a sampled evaluation: the final rows of every owned item, but of the ranked users only.
 
@@ -157,9 +165,7 @@ def _gcn_for_ranked_users(model, graph, h, own, blocks, world_size, item_chunk, 
     with the final rows) and the users' layer-1 table: two tables of the own nodes, where ``_gcn_by_chunks``
     holds three.  Returns (final rows of ``mine``, the owned ranked users; final rows of every owned item)."""
     last = model.gcn.num_layers - 1
-    chunks = max(1, -(-max(blocks.values()) // item_chunk))  # from global sizes: equal on every rank
-    parts = [{nt: (min(lo + c * item_chunk, hi), min(lo + (c + 1) * item_chunk, hi)) for nt, (lo, hi) in own.items()}
-             for c in range(chunks)]
+    parts = _chunk_parts(own, blocks, item_chunk)
     outputs = [h]
     for index in range(last):  # layers 0 .. L-2: all owned users; the items' last of them comes in the last pass
         types = ("user", "item") if index < last - 1 else ("user",)
@@ -231,9 +237,7 @@ def _gcn_by_chunks(model, graph, h, own, blocks, world_size, item_chunk, device)
     same arithmetic as over whole tables) and, with two layers or more, written over the layer-0 rows, which
     nothing reads any more: a 2-layer GCN holds two tables of the own nodes, not three (unless the layer-0 table
     is the ID table's own storage, as the user rows may be)."""
-    chunks = max(1, -(-max(blocks.values()) // item_chunk))  # from global sizes: equal on every rank
-    parts = [{nt: (min(lo + c * item_chunk, hi), min(lo + (c + 1) * item_chunk, hi)) for nt, (lo, hi) in own.items()}
-             for c in range(chunks)]
+    parts = _chunk_parts(own, blocks, item_chunk)
     outputs, last = [h], model.gcn.num_layers - 1
     result = {ntype: None for ntype in h}
     for index in range(model.gcn.num_layers):
