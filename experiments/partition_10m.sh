@@ -2,14 +2,14 @@
 # A catalog the replicated build cannot hold, trained on this one 24 GiB machine: 10M users x 10M items x 100M
 # pairs (384-d float16 features streamed from Parquet shards), 4 gloo ranks, row-sharded ID tables (TorchRec,
 # fused row-wise Adagrad) + the fusion cache sharded with them + the train graph mapped once per machine,
-# STEPS steps of 3,000 pairs, then a sampled evaluation (20,000 users, all 10M items ranked; valid, then test).
+# STEPS steps of 3,000 pairs (ID rows start ~ N(0, 0.01²): see docs/results/partitioning.md), then a sampled evaluation (20,000 users, all 10M items ranked; valid, then test).
 # Latest lane (TorchRec).  Prints `plan` of the replicated and the sharded build side by side, the whole
 # machine's measured peak (experiments/machine_memory.py) and test Recall@20 of the model and of popularity on
 # the same users; the last line is one JSON object.
-#   bash experiments/partition_10m.sh [STEPS]      (default 300)
+#   bash experiments/partition_10m.sh [STEPS]      (default 700)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS=${1:-300}
+STEPS=${1:-700}
 OUT=runs/partition-10m-s$STEPS
 DATA=bench_out/scale/data/synth-i10000000-u10000000-e100000000-image128-text256-s1
 PY=${PY:-.venv-latest/bin/python}
@@ -23,7 +23,7 @@ if [ ! -f "$DATA/dataset.json" ]; then
 fi
 mkdir -p "$OUT"
 COMMON=(configs/scale/base.yaml "data.path=$DATA" train.graph_backend=torch train.fusion_cache_refresh=400
-        eval.max_users=20000 eval.user_chunk=32 data.cache_mb=64 model.item_knn=0 model.id_init=blocks
+        eval.max_users=20000 eval.user_chunk=32 data.cache_mb=64 model.item_knn=0 model.id_init=blocks model.id_init_std=0.01
         train.id_optimizer=rowwise_adagrad train.id_lr=0.05)
 for mode in sparse sharded; do
   $PY -m metammf_dist plan "${COMMON[@]}" "train.id_tables=$mode" --world-size 4 --ranks-per-node 4 --device cpu \

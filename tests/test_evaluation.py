@@ -268,6 +268,34 @@ def test_popularity_reproduces_tiktok_reference(tiktok):
     assert abs(unexcluded["ndcg@20"] - reference["ndcg@20"]) > 5e-4
 
 
+@pytest.mark.parametrize("num_items,seed", [(50, 0), (400, 1), (15, 2)])
+def test_popularity_prefix_ranking_equals_scoring_every_item(num_items, seed):
+    """``evaluate_popularity`` ranks a prefix of the catalog's popularity order; scoring every item for every
+    user (``evaluate_scores`` + ``popularity_score_fn``) must give the same metrics, with many tied counts,
+    users who exclude most of the catalog, and a catalog smaller than the largest cut-off (15 < 20)."""
+    from metammf_dist.evaluation.ranking import evaluate_scores
+
+    gen = np.random.default_rng(seed)
+    num_users = 60
+    train_items = gen.integers(0, num_items // 3 + 1, size=300)  # a third of the catalog: ties, many zeros
+    ex_u, ex_i, tr_u, tr_i = [], [], [], []
+    for u in range(num_users):
+        excluded = gen.choice(num_items, size=int(gen.integers(0, num_items - 2)), replace=False)
+        rest = np.setdiff1d(np.arange(num_items), excluded)
+        truth = gen.choice(rest, size=min(3, rest.size), replace=False)
+        ex_u += [u] * excluded.size
+        ex_i += excluded.tolist()
+        tr_u += [u] * truth.size
+        tr_i += truth.tolist()
+    exclude = build_csr(np.array(ex_u, np.int64), np.array(ex_i, np.int64), num_users)
+    truth = build_csr(np.array(tr_u, np.int64), np.array(tr_i, np.int64), num_users)
+    users = np.arange(num_users)
+    want = evaluate_scores(popularity_score_fn(item_popularity(train_items, num_items)), num_items, exclude,
+                           truth, users, ks=(5, 20), user_chunk=7)
+    got = evaluate_popularity(train_items, num_items, exclude, truth, users, ks=(5, 20), user_chunk=7)
+    assert got == want and got["num_users"] == num_users
+
+
 def test_popularity_score_fn_is_the_train_count_row(tiktok):
     split, _, _, num_items = tiktok
     pop = item_popularity(split["train"]["itemID"].to_numpy(), num_items)

@@ -3,6 +3,12 @@
 A model that does not beat this reference is not learning anything personal.  Scores are float64
 counts, so ties are exact and broken by the lower item id (see ``ranking.topk_lowest_id``).
 
+``evaluate_popularity`` ranks exactly but without scoring every item for every user: all users share one
+ranking, the catalog in (popularity desc, id asc) order, so a user's top K are the first K items of that order
+outside their exclusions, and those lie within its first ``K + (their exclusions)`` items.  Ranking that
+prefix per user gives the full ranking's metrics (a test holds it to ``evaluate_scores`` with
+``popularity_score_fn``) at a cost that does not grow with the catalog (10M items: seconds, not tens of minutes).
+
 Reference on TikTok (test split, full ranking, train + valid items excluded):
 Recall@10 .0467, NDCG@10 .0222, Recall@20 .0597, NDCG@20 .0255.
 """
@@ -12,7 +18,8 @@ from typing import Callable, Dict, Sequence
 
 import torch
 
-from .ranking import CSR, as_id_tensor, evaluate_scores
+from .ranking import (CSR, _all_reduce_sum, _chunk_sums, _chunks_of_rank, _metrics, _resolve_group, as_id_tensor,
+                      check_ks, eval_users, metric_keys, topk_lowest_id)
 
 
 def item_popularity(train_items, num_items: int) -> torch.Tensor:
@@ -40,6 +47,36 @@ def evaluate_popularity(
     user_chunk: int = 1024,
     group=None,
 ) -> Dict[str, float]:
-    """Full-ranking metrics of the popularity baseline (see ``ranking.evaluate_scores``)."""
-    score_fn = popularity_score_fn(item_popularity(train_items, num_items))
-    return evaluate_scores(score_fn, num_items, exclude, truth, users, ks, user_chunk, group)
+    """Full-ranking metrics of the popularity baseline, the same as ``ranking.evaluate_scores`` with
+    ``popularity_score_fn`` gives (module docstring); distributed as it is."""
+    ks = check_ks(ks)
+    if user_chunk <= 0:
+        raise ValueError(f"user_chunk must be positive, got {user_chunk}")
+    for name, csr in (("exclude", exclude), ("truth", truth)):
+        if csr.num_rows != truth.num_rows:
+            raise ValueError(f"{name} has {csr.num_rows} rows but truth has {truth.num_rows}")
+        if csr.indices.numel() and int(csr.indices.max()) >= num_items:
+            raise ValueError(f"{name} holds item id {int(csr.indices.max())} >= num_items={num_items}")
+    pop = item_popularity(train_items, num_items)
+    rank, world_size = _resolve_group(group)
+    users = eval_users(truth, users)
+    kmax = max(ks)
+    totals = torch.zeros(len(metric_keys(ks)) + 1, dtype=torch.int64)
+    if users.numel():
+        order = torch.sort(-pop, stable=True).indices  # popularity desc, then id asc
+        most_excluded = int((exclude.indptr[users + 1] - exclude.indptr[users]).max())
+        cand = order[:min(kmax + most_excluded, num_items)]  # every user's top kmax lies in this prefix
+        column = torch.full((num_items,), -1, dtype=torch.int64)
+        column[cand] = torch.arange(cand.numel())
+        for chunk in _chunks_of_rank(users, user_chunk, rank, world_size):
+            scores = pop[cand].unsqueeze(0).repeat(chunk.numel(), 1)
+            _, items, rows = exclude.gather(chunk)
+            inside = column[items] >= 0
+            scores[rows[inside], column[items[inside]]] = float("-inf")
+            # columns are in (popularity desc, id asc) order: the lower column of a tie is the lower id
+            values, at = topk_lowest_id(scores, min(kmax, cand.numel()))
+            totals[:-1] += _chunk_sums(cand[at], values, truth, chunk, ks, kmax)
+            totals[-1] += chunk.numel()
+    if world_size > 1 or group is not None:
+        totals = _all_reduce_sum(totals, group)
+    return _metrics(totals, ks)

@@ -45,10 +45,12 @@ def _check_ids(name: str, ids: np.ndarray, count: int) -> np.ndarray:
     return ids
 
 
-def build_train_graph(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, backend: str = "dgl"):
+def build_train_graph(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, backend: str = "dgl",
+                      copy: bool = True):
     """Interaction ``e`` = (``users[e]``, ``items[e]``) becomes edge ``e`` of both ``ui`` and ``iu``.
 
     ``backend``: ``"dgl"`` -> ``dgl.DGLHeteroGraph``; ``"torch"`` -> ``BipartiteGraph`` (on CPU; ``.to(device)``).
+    ``copy=False`` (torch): the graph's edge arrays may be the caller's arrays (int64, contiguous), not copies.
     """
     if backend not in BACKENDS:
         raise ValueError(f"train.graph_backend: unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
@@ -61,7 +63,9 @@ def build_train_graph(users: np.ndarray, items: np.ndarray, num_users: int, num_
     u = torch.from_numpy(np.ascontiguousarray(users))
     i = torch.from_numpy(np.ascontiguousarray(items))
     if backend == "torch":
-        return BipartiteGraph(u.clone(), i.clone(), int(num_users), int(num_items))  # not views of the caller's arrays
+        if copy:  # not views of the caller's arrays
+            u, i = u.clone(), i.clone()
+        return BipartiteGraph(u, i, int(num_users), int(num_items))
     import dgl
 
     return dgl.heterograph(

@@ -88,15 +88,19 @@ class Trainer:
         if refusal:
             raise TrainingError(refusal)
         self.store = self.ds.feature_store(cache_mb=cfg.data.cache_mb, verify=cfg.data.verify)
-        train_u, train_i = self.ds.interactions("train")
         self.graph_key = None
-        build = lambda: build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items,  # noqa: E731
-                                          backend=cfg.train.graph_backend)
         if cfg.train.graph_backend == "torch" and self.info.distributed:  # one copy per machine, memory-mapped
-            self.graph_key = graph_key(cfg.data.path, self.ds.meta, len(train_u), cfg.run_dir)
+            # only the builder reads the train pairs; every rank then reads them from the mapped graph (edge e
+            # is train pair e, in file order), so the node holds them once
+            self.graph_key = graph_key(cfg.data.path, self.ds.meta, self.ds.num_interactions("train"), cfg.run_dir)
+            build = lambda: build_train_graph(*self.ds.interactions("train"), self.ds.num_users,  # noqa: E731
+                                              self.ds.num_items, backend="torch", copy=False)
             self.graph = node_shared_graph(build, self.graph_key, self.info.local_rank, lambda: barrier(self.info))
+            train_u, train_i = self.graph.edge_users, self.graph.edge_items
         else:
-            self.graph = build()
+            train_u, train_i = self.ds.interactions("train")
+            self.graph = build_train_graph(train_u, train_i, self.ds.num_users, self.ds.num_items,
+                                           backend=cfg.train.graph_backend)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = model_from_data(cfg, self.ds, self.store, train_u, train_i)
         self.id_tables = build_id_tables(cfg, self.model, self.info)  # before the engine: DeepSpeed must not see them
