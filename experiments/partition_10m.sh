@@ -2,7 +2,8 @@
 # A catalog the replicated build cannot hold, trained on this one 24 GiB machine: 10M users x 10M items x 100M
 # pairs (384-d float16 features streamed from Parquet shards), 4 gloo ranks, row-sharded ID tables (TorchRec,
 # fused row-wise Adagrad) + the fusion cache sharded with them + the train graph mapped once per machine,
-# STEPS steps of 3,000 pairs (ID rows start ~ N(0, 0.01²): see docs/results/partitioning.md), then a sampled evaluation (20,000 users, all 10M items ranked; valid, then test).
+# STEPS steps of 3,000 pairs (ID rows start ~ N(0, 0.01^2): docs/results/partitioning.md says why), then a
+# sampled evaluation (20,000 users, all 10M items ranked; valid, then test).
 # Latest lane (TorchRec).  Prints `plan` of the replicated and the sharded build side by side, the whole
 # machine's measured peak (experiments/machine_memory.py) and test Recall@20 of the model and of popularity on
 # the same users; the last line is one JSON object.
@@ -39,10 +40,8 @@ if [ ! -f "$OUT/train.json" ]; then
 fi
 $PY - "$OUT" "$DATA" <<'PYEOF'
 import json, sys
-import torch
 from metammf_dist.data.dataset import Dataset
-from metammf_dist.evaluation.popularity import evaluate_popularity, item_popularity
-from metammf_dist.evaluation.ranking import _chunk_sums, _metrics, eval_users, metric_keys, topk_lowest_id
+from metammf_dist.evaluation.popularity import evaluate_popularity
 from metammf_dist.train.inference import split_csr
 
 out, data = sys.argv[1], sys.argv[2]
@@ -52,35 +51,8 @@ memory = json.load(open(f"{out}/machine_memory.json"))
 plans = {mode: json.load(open(f"{out}/plan-{mode}.json")) for mode in ("sparse", "sharded")}
 ds = Dataset.open(data)
 truth, excl, users = split_csr(ds, "test", ["train", "valid"], 20000)  # the users the run ranked
-train_items = torch.from_numpy(ds.interactions("train")[1])
-
-
-def popularity_ranking(users, ks=(10, 20), chunk=1024):
-    """Popularity's exact full ranking, fast: every user's list is the catalog's (popularity desc, id asc) order
-    without their excluded items, so the first kmax + (their exclusions) of that order hold their top-kmax."""
-    pop = item_popularity(train_items, ds.num_items)
-    order = torch.sort(-pop, stable=True).indices
-    users = eval_users(truth, users)
-    kmax = max(ks)
-    m = kmax + int((excl.indptr[users + 1] - excl.indptr[users]).max())
-    cand, where = order[:m], torch.full((ds.num_items,), -1, dtype=torch.int64)
-    where[cand] = torch.arange(m)
-    totals = torch.zeros(len(metric_keys(ks)) + 1, dtype=torch.int64)
-    for start in range(0, users.numel(), chunk):
-        part = users[start:start + chunk]
-        scores = pop[cand].unsqueeze(0).repeat(part.numel(), 1)
-        _, cols, rows = excl.gather(part)
-        hit = where[cols] >= 0
-        scores[rows[hit], where[cols[hit]]] = float("-inf")
-        values, at = topk_lowest_id(scores, kmax)
-        totals[:-1] += _chunk_sums(cand[at], values, truth, part, ks, kmax)
-        totals[-1] += part.numel()
-    return _metrics(totals, ks)
-
-
-check = evaluate_popularity(train_items, ds.num_items, excl, truth, users[:64], ks=(10, 20), user_chunk=8)
-assert popularity_ranking(users[:64]) == check, (popularity_ranking(users[:64]), check)  # exact on 64 users
-pop = popularity_ranking(users)
+# exact full ranking over all 10M items (evaluate_popularity ranks the popularity order's prefix per user)
+pop = evaluate_popularity(ds.interactions("train")[1], ds.num_items, excl, truth, users, ks=(10, 20))
 for mode, plan in plans.items():
     print(json.dumps({"plan": mode, "fits": plan["fits"], "peak_gib_per_rank": plan["peak_gib_per_rank"],
                       "host_gib_per_machine": plan["host_gib_per_node"]}))
