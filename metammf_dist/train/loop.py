@@ -277,7 +277,7 @@ class Trainer:
             self.id_tables.step()
         if strategy is not None:  # the seeds' fresh rows (computed before this step's update) go back
             strategy.after_step(batch, fresh)
-        return loss, batch
+        return loss.detach(), batch  # not the graph: custom autograd nodes (TorchRec's) keep buffers in ctx
 
     def _full_model(self):
         """Context manager -> the model with every parameter whole (a hook-free replica under ZeRO-3)."""
