@@ -19,7 +19,7 @@ from typing import Callable, Dict, Sequence
 import torch
 
 from .ranking import (CSR, _all_reduce_sum, _chunk_sums, _chunks_of_rank, _metrics, _resolve_group, as_id_tensor,
-                      check_ks, eval_users, metric_keys, topk_lowest_id)
+                      checked_ranking_inputs, metric_keys, topk_lowest_id)
 
 
 def item_popularity(train_items, num_items: int) -> torch.Tensor:
@@ -49,17 +49,9 @@ def evaluate_popularity(
 ) -> Dict[str, float]:
     """Full-ranking metrics of the popularity baseline, the same as ``ranking.evaluate_scores`` with
     ``popularity_score_fn`` gives (module docstring); distributed as it is."""
-    ks = check_ks(ks)
-    if user_chunk <= 0:
-        raise ValueError(f"user_chunk must be positive, got {user_chunk}")
-    for name, csr in (("exclude", exclude), ("truth", truth)):
-        if csr.num_rows != truth.num_rows:
-            raise ValueError(f"{name} has {csr.num_rows} rows but truth has {truth.num_rows}")
-        if csr.indices.numel() and int(csr.indices.max()) >= num_items:
-            raise ValueError(f"{name} holds item id {int(csr.indices.max())} >= num_items={num_items}")
+    ks, users = checked_ranking_inputs(num_items, exclude, truth, users, ks, user_chunk)
     pop = item_popularity(train_items, num_items)
     rank, world_size = _resolve_group(group)
-    users = eval_users(truth, users)
     kmax = max(ks)
     totals = torch.zeros(len(metric_keys(ks)) + 1, dtype=torch.int64)
     if users.numel():

@@ -171,6 +171,24 @@ def eval_users(truth: CSR, users) -> torch.Tensor:
     return users[truth.row_lengths()[users] > 0]
 
 
+def checked_ranking_inputs(num_items: int, exclude: CSR, truth: CSR, users, ks: Sequence[int],
+                           user_chunk: int) -> Tuple[list, torch.Tensor]:
+    """``(ks, eval_users(truth, users))`` after checking what a full ranking is given: the CSRs' shapes and item
+    ids against ``num_items``, a positive ``user_chunk``, a user count the fixed-point sums hold."""
+    ks = check_ks(ks)
+    if user_chunk <= 0:
+        raise ValueError(f"user_chunk must be positive, got {user_chunk}")
+    for name, csr in (("exclude", exclude), ("truth", truth)):
+        if csr.num_rows != truth.num_rows:
+            raise ValueError(f"{name} has {csr.num_rows} rows but truth has {truth.num_rows}")
+        if csr.indices.numel() and int(csr.indices.max()) >= num_items:
+            raise ValueError(f"{name} holds item id {int(csr.indices.max())} >= num_items={num_items}")
+    users = eval_users(truth, users)
+    if users.numel() >= _MAX_USERS:
+        raise ValueError(f"too many users for exact fixed-point sums: {users.numel()}")
+    return ks, users
+
+
 def local_ranking_sums(
     score_fn: Callable[[torch.Tensor], torch.Tensor],
     num_items: int,
@@ -186,17 +204,7 @@ def local_ranking_sums(
     followed by the number of users evaluated.  Summing the results of ranks 0..W-1 gives exactly
     the ``world_size=1`` result.
     """
-    ks = check_ks(ks)
-    if user_chunk <= 0:
-        raise ValueError(f"user_chunk must be positive, got {user_chunk}")
-    for name, csr in (("exclude", exclude), ("truth", truth)):
-        if csr.num_rows != truth.num_rows:
-            raise ValueError(f"{name} has {csr.num_rows} rows but truth has {truth.num_rows}")
-        if csr.indices.numel() and int(csr.indices.max()) >= num_items:
-            raise ValueError(f"{name} holds item id {int(csr.indices.max())} >= num_items={num_items}")
-    users = eval_users(truth, users)
-    if users.numel() >= _MAX_USERS:
-        raise ValueError(f"too many users for exact fixed-point sums: {users.numel()}")
+    ks, users = checked_ranking_inputs(num_items, exclude, truth, users, ks, user_chunk)
     keys = metric_keys(ks)
     kmax = max(ks)
     k_eff = min(kmax, num_items)
