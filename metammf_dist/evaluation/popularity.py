@@ -56,12 +56,13 @@ def evaluate_popularity(
     totals = torch.zeros(len(metric_keys(ks)) + 1, dtype=torch.int64)
     if users.numel():
         order = torch.sort(-pop, stable=True).indices  # popularity desc, then id asc
-        most_excluded = int((exclude.indptr[users + 1] - exclude.indptr[users]).max())
+        most_excluded = int(exclude.row_lengths()[users].max())
         cand = order[:min(kmax + most_excluded, num_items)]  # every user's top kmax lies in this prefix
         column = torch.full((num_items,), -1, dtype=torch.int64)
         column[cand] = torch.arange(cand.numel())
+        cand_pop = pop[cand]
         for chunk in _chunks_of_rank(users, user_chunk, rank, world_size):
-            scores = pop[cand].unsqueeze(0).repeat(chunk.numel(), 1)
+            scores = cand_pop.unsqueeze(0).repeat(chunk.numel(), 1)
             _, items, rows = exclude.gather(chunk)
             inside = column[items] >= 0
             scores[rows[inside], column[items[inside]]] = float("-inf")

@@ -521,14 +521,15 @@ def plan_memory(cfg: Config, workload: Workload, world_size: int = 1, zero_stage
     if ranks_per_node is None:
         ranks_per_node = world_size if device == "cpu" else min(world_size, 8)
     node_shared = t.graph_backend == "torch" and world_size > 1
-    graph_share = 1.0 / max(1, min(ranks_per_node, world_size)) if node_shared else 1.0
-    shared_note = f"one copy per machine: 1/{max(1, min(ranks_per_node, world_size))} per rank" if node_shared else ""
+    sharers = max(1, min(ranks_per_node, world_size))  # the ranks of one machine that map its graph
+    graph_share = 1.0 / sharers if node_shared else 1.0
+    shared_note = f"one copy per machine: 1/{sharers} per rank" if node_shared else ""
     # the dataset caches no table: the train pairs are read once while the trainer is built (graph, degrees),
     # and an evaluation reads its split's pairs (and the ranked users' excluded pairs) again
     pairs_note = f"{e_tr:,.0f} of {e_all:,.0f} interactions"
     if node_shared:  # the machine's graph builder alone reads them; every rank then maps the graph's edge arrays
         add("train pairs (read while the trainer is built)", TRAIN_COPY_BYTES * e_tr * graph_share, "setup",
-            note=f"{pairs_note}, by the graph's builder: 1/{max(1, min(ranks_per_node, world_size))} per rank")
+            note=f"{pairs_note}, by the graph's builder: 1/{sharers} per rank")
         add("graph build: the CSC views in the builder's heap", (SAMPLER_BYTES_PER_EDGE * e_tr + 2 * INDEX * nodes)
             * graph_share, "setup", note="while they are written to shared memory")
     else:
