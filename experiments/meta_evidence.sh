@@ -32,9 +32,9 @@ for part in "${@:-tiktok-warm-gcn tiktok-cold-gcn tiktok-warm-mf tiktok-cold-mf 
         data=bench_out/synth/${p#synth-}; flag=""; [ "$p" = synth-planted ] && flag=--planted-fusion
         [ -f "$data/dataset.json" ] || $PY -m metammf_dist synth "$data" --users 6000 --items 3000 --interactions 120000 \
           --modality image:64 --modality text:64 --clusters 16 --cold-items 0.2 --seed 1 --dtype float32 $flag
-        # the control: meta vs static; static-wide: a static MLP with the meta fusion's parameter count
-        variants=meta,cp,static,static-wide,id; [ "$p" = synth-control ] && variants=meta,static,static-wide
-        ablate configs/ablation/synth.yaml --out $OUT/$p --seeds "$SEEDS" --variants $variants data.path="$data" ;;
+        # static-wide: a static MLP with the meta fusion's parameter count
+        ablate configs/ablation/synth.yaml --out $OUT/$p --seeds "$SEEDS" --variants meta,cp,static,static-wide,id \
+          data.path="$data" ;;
       *) echo "unknown part $p" >&2; exit 2 ;;
     esac
   done
