@@ -101,3 +101,27 @@ def test_a_second_process_shares_the_pages(tmp_path):
             p.communicate("\n", timeout=30)
     assert first > 0.8 * size  # alone, the process owns the pages it touched
     assert second < 0.7 * size  # the second process's share: the pages were already resident, now split
+
+
+@pytest.mark.multiproc
+def test_a_run_that_exits_with_an_error_removes_the_node_graph(synth_ds, tmp_path):
+    """2 ranks, torch backend: a resume refused on another catalog (one-line error, exit 2) leaves no graph copy
+    in the node folder; the successful first run removed its own at its end."""
+    from metammf_dist.data.dataset import Dataset
+    from metammf_dist.data.synth import SynthSpec, generate
+    from metammf_dist.graph.shared import graph_key
+    from helpers import train
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    opts = ("train.graph_backend=torch", "train.max_steps_per_epoch=2")
+    train(synth_ds, run, *opts, nproc=2, epochs=1)
+    generate(SynthSpec(num_users=300, num_items=250, num_interactions=5000, modalities={"image": 16, "text": 8},
+                       seed=3), str(other))
+    folders = {}
+    for ds in (synth_ds, other):
+        opened = Dataset.open(str(ds))
+        folders[ds] = node_folder(graph_key(str(ds), opened.meta, opened.num_interactions("train"), str(run)))
+    assert not folders[synth_ds].exists()
+    proc = train(other, run, *opts, "--resume", nproc=2, epochs=1, check=False)
+    assert proc.returncode != 0 and "does not match this run's dataset" in proc.stderr, proc.stderr[-2000:]
+    assert not folders[other].exists(), sorted(p.name for p in folders[other].iterdir())

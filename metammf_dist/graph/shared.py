@@ -9,9 +9,9 @@ them read-only (``numpy.load(mmap_mode="r")``), so the pages exist once per mach
 proportional set size: a page shared by k processes counts 1/k in each), not RSS, which counts shared pages in
 every process (``procmem.pss_bytes``).
 
-The folder is named by the dataset's identity (its path, ``dataset.json`` and the train edge count), so a run
-that died leaves files the next run on the same data reuses; the run that made or found them removes them at its
-end (``release``).
+The folder is named by the dataset's identity (its path, ``dataset.json`` and the train edge count) and the run
+folder, so a run killed outright leaves files its resume reuses; the run that made or found them removes them at
+its end, or when it exits with an error (``release``).
 """
 from __future__ import annotations
 

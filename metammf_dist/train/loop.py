@@ -126,6 +126,16 @@ class Trainer:
 
     # -- public -----------------------------------------------------------------------------------
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        except BaseException:
+            # an error exit (a refused resume, bad data, Ctrl-C): the node's graph copy must not outlive the run in
+            # /dev/shm (ranks that still map it keep valid pages); a run killed outright leaves it to its resume
+            if self.graph_key is not None:
+                release_graph(self.graph_key, self.info.local_rank)
+            raise
+
+    def _fit(self) -> dict:
         cfg, info = self.cfg, self.info
         self.run.write_start(cfg, self.ds_config)
         if self.resume:
