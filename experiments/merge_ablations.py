@@ -12,22 +12,19 @@ from __future__ import annotations
 import csv
 import sys
 
+from metammf_dist.ablation.runner import write_csv
+
 
 def merge(out: str, parts: list) -> int:
-    rows, columns = [], ["variant", "seed"]
+    rows = []
     for part in parts:
         label, sep, path = part.partition("=")
         if not sep or not label or not path:
             raise SystemExit(f"expected LABEL=CSV, got {part!r}")
         with open(path, newline="") as fh:
             for row in csv.DictReader(fh):
-                row["variant"] = f"{row['variant']}@{label}"
-                rows.append(row)
-                columns += [c for c in row if c not in columns]
-    with open(out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+                rows.append({**row, "variant": f"{row['variant']}@{label}"})
+    write_csv(rows, out)
     return len(rows)
 
 

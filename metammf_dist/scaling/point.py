@@ -48,11 +48,17 @@ def steps_per_epoch(data_path: str, batch_size: int) -> int:
     return epoch_steps(Dataset.open(data_path).num_interactions("train"), batch_size)
 
 
-def point_overrides(sweep: Sweep, series: Series, data_path: str, run_dir: str) -> List[str]:
+def series_config(sweep: Sweep, series: Series):
+    """The series' config on the sweep's base, validated (a cached series' refresh interval, set per catalog at
+    run time, is 1 here)."""
     from metammf_dist.config import load_config
 
     cached = [] if series.fusion_cache == "off" else ["train.fusion_cache_refresh=1"]  # (validation only)
-    base = load_config(sweep.base_config, list(sweep.overrides) + list(series.overrides) + cached)
+    return load_config(sweep.base_config, list(sweep.overrides) + list(series.overrides) + cached)
+
+
+def point_overrides(sweep: Sweep, series: Series, data_path: str, run_dir: str) -> List[str]:
+    base = series_config(sweep, series)
     refresh = 0
     if series.fusion_cache == "epoch":
         refresh = steps_per_epoch(data_path, base.train.batch_size)
